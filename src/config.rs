@@ -1,0 +1,358 @@
+//! Configuration: the Python server's command line plus environment
+//! variables (and a `.env` file). Flags win over the environment.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+pub const DEFAULT_PORT: u16 = 5555;
+/// The Docker deployments' default (the Python library's own is 2000 ms,
+/// too short for artists on a VPN).
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_ADMIN_PASSWORD: &str = "admin";
+/// Image nodes carry whole files, so one message can be large; anything
+/// bigger is refused by libzmq before it is buffered.
+pub const DEFAULT_MAX_MESSAGE_SIZE: i64 = 256 * 1024 * 1024;
+/// Below this even an Auth message would not fit.
+pub const MIN_MAX_MESSAGE_SIZE: i64 = 4096;
+/// The shortest timeout that still lets a client answer a ping (clients
+/// are pinged once a second).
+pub const MIN_TIMEOUT_MS: u64 = 1_000;
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+impl LogLevel {
+    pub const ACCEPTED: &'static str = "TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL";
+
+    fn parse(s: &str) -> Option<LogLevel> {
+        Some(match s.trim().to_ascii_uppercase().as_str() {
+            "TRACE" => LogLevel::Trace,
+            "DEBUG" => LogLevel::Debug,
+            "INFO" => LogLevel::Info,
+            "WARNING" | "WARN" => LogLevel::Warning,
+            "ERROR" | "CRITICAL" => LogLevel::Error,
+            _ => return None,
+        })
+    }
+
+    pub fn as_filter(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Command port; data is `port + 1`, heartbeat `port + 2`.
+    pub port: u16,
+    pub timeout_ms: u64,
+    pub admin_password: String,
+    /// Empty means a public session.
+    pub server_password: String,
+    pub log_level: LogLevel,
+    pub log_file: Option<PathBuf>,
+    pub max_message_size: i64,
+    /// Address the three sockets bind to.
+    pub bind_address: String,
+}
+
+impl Config {
+    pub fn is_private(&self) -> bool {
+        !self.server_password.is_empty()
+    }
+
+    pub fn uses_default_admin_password(&self) -> bool {
+        self.admin_password == DEFAULT_ADMIN_PASSWORD
+    }
+
+    pub fn data_port(&self) -> u16 {
+        self.port + 1
+    }
+
+    pub fn heartbeat_port(&self) -> u16 {
+        self.port + 2
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid {name} {value:?}: expected {accepted}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub accepted: String,
+}
+
+/// Flags of the Python server (`python -m replication.server`), each also
+/// readable from the environment.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "replication-server",
+    version,
+    about = "Drop-in server for Blender Multi-User (replication 0.9.10)"
+)]
+pub struct ServeArgs {
+    /// Command port; data uses PORT+1, heartbeat PORT+2
+    #[arg(short = 'p', long = "port", env = "PORT")]
+    pub port: Option<String>,
+    /// Milliseconds of heartbeat silence before a client is dropped
+    #[arg(short = 't', long = "timeout", env = "TIMEOUT")]
+    pub timeout: Option<String>,
+    /// Password of the session's admins (-apwd)
+    #[arg(
+        long = "admin-password",
+        env = "ADMIN_PASSWORD",
+        hide_env_values = true
+    )]
+    pub admin_password: Option<String>,
+    /// Password every client needs; empty for a public session (-spwd)
+    #[arg(
+        long = "server-password",
+        env = "SERVER_PASSWORD",
+        hide_env_values = true
+    )]
+    pub server_password: Option<String>,
+    /// TRACE, DEBUG, INFO, WARNING, ERROR or CRITICAL
+    #[arg(short = 'l', long = "log-level", env = "LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Also write the log to this file (-lf)
+    #[arg(long = "log-file", env = "LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Accepted for compatibility with the Python server; no effect
+    #[arg(long = "attached")]
+    pub attached: bool,
+    /// Largest message accepted, in bytes
+    #[arg(long = "max-message-size", env = "MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<String>,
+    /// Address to bind the three ports to
+    #[arg(long = "bind", env = "BIND_ADDRESS")]
+    pub bind_address: Option<String>,
+}
+
+/// The Python server's flags that clap cannot express (multi-letter single
+/// dash), rewritten to their long forms.
+const LEGACY_FLAGS: [(&str, &str); 3] = [
+    ("-apwd", "--admin-password"),
+    ("-spwd", "--server-password"),
+    ("-lf", "--log-file"),
+];
+
+pub fn normalize_legacy_flags<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
+    args.into_iter()
+        .map(|arg| {
+            for (short, long) in LEGACY_FLAGS {
+                if arg == short {
+                    return long.to_string();
+                }
+                if let Some(rest) = arg.strip_prefix(short).and_then(|r| r.strip_prefix('=')) {
+                    return format!("{long}={rest}");
+                }
+            }
+            arg
+        })
+        .collect()
+}
+
+fn invalid(name: &'static str, value: &str, accepted: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name,
+        value: value.to_string(),
+        accepted: accepted.into(),
+    }
+}
+
+impl ServeArgs {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let port = match self.port.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_PORT,
+            Some(s) => s
+                .parse::<u16>()
+                .ok()
+                .filter(|p| (1..=u16::MAX - 2).contains(p))
+                .ok_or_else(|| {
+                    invalid(
+                        "PORT (-p/--port)",
+                        s,
+                        "a port number from 1 to 65533 (the server uses PORT..PORT+2)",
+                    )
+                })?,
+        };
+        let timeout_ms = match self.timeout.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_TIMEOUT_MS,
+            Some(s) => s
+                .parse::<u64>()
+                .ok()
+                .filter(|t| (MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(t))
+                .ok_or_else(|| {
+                    invalid(
+                        "TIMEOUT (-t/--timeout)",
+                        s,
+                        format!("milliseconds from {MIN_TIMEOUT_MS} to {MAX_TIMEOUT_MS}"),
+                    )
+                })?,
+        };
+        let admin_password = match self.admin_password {
+            None => DEFAULT_ADMIN_PASSWORD.to_string(),
+            Some(s) if s.is_empty() => {
+                return Err(invalid(
+                    "ADMIN_PASSWORD (-apwd/--admin-password)",
+                    "",
+                    "a non-empty password",
+                ));
+            }
+            Some(s) => s,
+        };
+        let log_level = match self.log_level.as_deref() {
+            None | Some("") => LogLevel::Info,
+            Some(s) => LogLevel::parse(s)
+                .ok_or_else(|| invalid("LOG_LEVEL (-l/--log-level)", s, LogLevel::ACCEPTED))?,
+        };
+        let max_message_size = match self.max_message_size.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_MAX_MESSAGE_SIZE,
+            Some(s) => s
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= MIN_MAX_MESSAGE_SIZE)
+                .ok_or_else(|| {
+                    invalid(
+                        "MAX_MESSAGE_SIZE (--max-message-size)",
+                        s,
+                        format!("bytes, at least {MIN_MAX_MESSAGE_SIZE}"),
+                    )
+                })?,
+        };
+        let bind_address = match self.bind_address.as_deref().map(str::trim) {
+            None | Some("") => "0.0.0.0".to_string(),
+            Some(s) if s.parse::<std::net::IpAddr>().is_ok() || s == "*" => s.to_string(),
+            Some(s) => {
+                return Err(invalid(
+                    "BIND_ADDRESS (--bind)",
+                    s,
+                    "an IP address such as 0.0.0.0 or 127.0.0.1",
+                ));
+            }
+        };
+        Ok(Config {
+            port,
+            timeout_ms,
+            admin_password,
+            server_password: self.server_password.unwrap_or_default(),
+            log_level,
+            log_file: self.log_file.filter(|p| !p.as_os_str().is_empty()),
+            max_message_size,
+            bind_address,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let argv = normalize_legacy_flags(
+            std::iter::once("replication-server")
+                .chain(args.iter().copied())
+                .map(String::from),
+        );
+        let mut a = ServeArgs::try_parse_from(argv).expect("flags parse");
+        // Tests must not depend on the environment of the machine.
+        a.port = a.port.filter(|_| {
+            args.iter()
+                .any(|x| x.starts_with("-p") || x.starts_with("--port"))
+        });
+        a.into_config()
+    }
+
+    #[test]
+    fn legacy_flags_are_rewritten() {
+        let argv = normalize_legacy_flags(["-apwd", "x", "-spwd=y", "-lf", "f"].map(String::from));
+        assert_eq!(
+            argv,
+            [
+                "--admin-password",
+                "x",
+                "--server-password=y",
+                "--log-file",
+                "f"
+            ]
+        );
+    }
+
+    #[test]
+    fn python_command_line_is_accepted() {
+        let args = ServeArgs {
+            port: Some("6000".into()),
+            timeout: Some("5000".into()),
+            admin_password: Some("secret".into()),
+            server_password: Some("pw".into()),
+            log_level: Some("debug".into()),
+            attached: true,
+            ..Default::default()
+        };
+        let c = args.into_config().unwrap();
+        assert_eq!(
+            (c.port, c.timeout_ms, c.log_level),
+            (6000, 5000, LogLevel::Debug)
+        );
+        assert!(c.is_private());
+        assert!(!c.uses_default_admin_password());
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ServeArgs::default().into_config().unwrap();
+        assert_eq!(c.port, 5555);
+        assert_eq!(c.timeout_ms, 10_000);
+        assert!(c.uses_default_admin_password());
+        assert!(!c.is_private());
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        let e = ServeArgs {
+            port: Some("70000".into()),
+            ..Default::default()
+        }
+        .into_config()
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid PORT (-p/--port) \"70000\""),
+            "{e}"
+        );
+        let e = ServeArgs {
+            log_level: Some("LOUD".into()),
+            ..Default::default()
+        }
+        .into_config()
+        .unwrap_err();
+        assert!(e.to_string().contains("CRITICAL"), "{e}");
+        let e = ServeArgs {
+            timeout: Some("ten".into()),
+            ..Default::default()
+        }
+        .into_config()
+        .unwrap_err();
+        assert!(e.to_string().contains("TIMEOUT"), "{e}");
+    }
+
+    #[test]
+    fn flag_parsing_end_to_end() {
+        let c = parse(&["-p", "7000", "-apwd", "pw", "--attached"]).unwrap();
+        assert_eq!(c.port, 7000);
+        assert_eq!(c.admin_password, "pw");
+    }
+}

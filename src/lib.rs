@@ -1,0 +1,11 @@
+//! A drop-in server for Blender Multi-User's `replication` 0.9.10 protocol.
+
+pub mod config;
+pub mod health;
+pub mod heartbeat;
+pub mod net;
+pub mod pickle;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod wire;
