@@ -17,8 +17,8 @@ pub const MAX_DEPTH: usize = 200;
 
 /// Most values one pickle may materialise (after shared objects are copied).
 /// Bulk Blender data travels as bytes blobs, so real nodes hold far fewer;
-/// this bounds the memory a hostile pickle can claim to a few hundred MB.
-pub const MAX_VALUES: usize = 16_000_000;
+/// this bounds the memory a hostile pickle can claim to about 150 MB.
+pub const MAX_VALUES: usize = 4_000_000;
 
 /// Most memo entries. Each costs one opcode byte of input at least, so this
 /// only matters for inputs far larger than real nodes.
@@ -646,10 +646,9 @@ impl<'a> Machine<'a> {
 
     /// Charges the budget for a copy of a shared container.
     fn charge_tree(&mut self, v: &Value) -> Result<()> {
-        let n = count_values(v);
-        if n > self.budget {
+        let Some(n) = count_values(v, self.budget) else {
             return Err(DecodeError::Limit("value count"));
-        }
+        };
         self.budget -= n;
         Ok(())
     }
@@ -686,23 +685,29 @@ impl<'a> Machine<'a> {
     }
 }
 
-fn count_values(v: &Value) -> usize {
+/// Counts the values in a tree, giving up once past `limit` so that a
+/// hostile tree is not walked in full.
+fn count_values(v: &Value, limit: usize) -> Option<usize> {
+    let mut n = 1usize;
+    let mut add = |child: &Value, n: &mut usize| -> Option<()> {
+        *n += count_values(child, limit.checked_sub(*n)?)?;
+        (*n <= limit).then_some(())
+    };
     match v {
-        Value::List(items) | Value::Tuple(items) => {
-            1 + items.iter().map(count_values).sum::<usize>()
-        }
-        Value::Dict(items) => {
-            1 + items
-                .iter()
-                .map(|(k, v)| count_values(k) + count_values(v))
-                .sum::<usize>()
-        }
+        Value::List(items) | Value::Tuple(items) => items.iter().try_for_each(|c| add(c, &mut n))?,
+        Value::Dict(items) => items.iter().try_for_each(|(k, c)| {
+            add(k, &mut n)?;
+            add(c, &mut n)
+        })?,
         Value::Object(o) => {
-            1 + o.args.iter().map(count_values).sum::<usize>()
-                + o.state.as_ref().map_or(0, count_values)
+            o.args.iter().try_for_each(|c| add(c, &mut n))?;
+            if let Some(state) = &o.state {
+                add(state, &mut n)?;
+            }
         }
-        _ => 1,
+        _ => {}
     }
+    (n <= limit).then_some(n)
 }
 
 /// Turns LONG1/LONG4 payload bytes into an int, small when it fits.

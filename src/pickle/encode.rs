@@ -110,9 +110,11 @@ impl Encoder {
         true
     }
 
+    /// Like CPython, a full frame is committed before the next object is
+    /// saved, never in the middle of a container's opcodes.
     fn save(&mut self, v: &Value) {
-        self.save_inner(v);
         self.opcode_boundary();
+        self.save_inner(v);
     }
 
     fn save_inner(&mut self, v: &Value) {
