@@ -80,9 +80,14 @@ impl HeartbeatMonitor {
         false
     }
 
-    /// The peer logged in.
-    pub fn admit(&mut self, peer: &PeerId) {
+    /// The peer logged in. It is watched from now on even if its INIT has
+    /// not come yet, so a client whose heartbeat never starts is still
+    /// dropped after the timeout.
+    pub fn admit(&mut self, peer: &PeerId, now: u64) {
         self.authenticated.insert(peer.clone());
+        self.watches
+            .entry(peer.clone())
+            .or_insert(Watch { last_received: now, last_sent: now, latency: 0, since: now });
     }
 
     /// The peer left or was kicked: stop watching it.
@@ -171,7 +176,7 @@ mod tests {
         let mut m = HeartbeatMonitor::new(3_000, 0);
         let p = peer(1);
         m.on_frame(&p, INIT, 0);
-        m.admit(&p);
+        m.admit(&p, 0);
         m.on_frame(&p, b"PONG", 5);
         let mut lost_at = None;
         let mut now = 0;
@@ -194,7 +199,7 @@ mod tests {
         let mut m = HeartbeatMonitor::new(3_000, 0);
         let p = peer(1);
         m.on_frame(&p, INIT, 0);
-        m.admit(&p);
+        m.admit(&p, 0);
         let mut latencies = Vec::new();
         let mut now = 0;
         while now < 20_000 {
@@ -210,6 +215,21 @@ mod tests {
         }
         assert!(latencies.iter().all(|(_, l)| *l <= 20), "{latencies:?}");
         assert!(latencies.len() >= 15);
+    }
+
+    #[test]
+    fn client_without_heartbeat_is_lost() {
+        let mut m = HeartbeatMonitor::new(3_000, 0);
+        let p = peer(7);
+        m.admit(&p, 0);
+        let mut now = 0;
+        let mut lost = false;
+        while now < 8_000 && !lost {
+            now += 100;
+            m.due_pings(now);
+            lost = m.tick(now).is_some_and(|t| t.lost.contains(&p));
+        }
+        assert!(lost, "a client that never sent INIT must time out");
     }
 
     #[test]

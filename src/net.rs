@@ -237,7 +237,8 @@ pub fn start(cfg: &NetConfig, inbound: tokio_mpsc::Sender<Inbound>) -> Result<Ne
             inbound: inbound.clone(),
             admitted: HashSet::new(),
             stalled: HashSet::new(),
-            bad_input_log: RateLimitedLog::default(),
+            stranger_log: RateLimitedLog::default(),
+            client_log: RateLimitedLog::default(),
             timeout_ms: cfg.timeout_ms,
         };
         let handle = std::thread::Builder::new()
@@ -318,7 +319,10 @@ struct Worker {
     admitted: HashSet<PeerId>,
     /// Peers whose queue was full, logged once until they catch up.
     stalled: HashSet<PeerId>,
-    bad_input_log: RateLimitedLog,
+    /// Separate budgets, so a flood from strangers cannot hide the
+    /// problems of logged-in users.
+    stranger_log: RateLimitedLog,
+    client_log: RateLimitedLog,
     timeout_ms: u64,
 }
 
@@ -378,7 +382,7 @@ impl Worker {
             match cmd {
                 NetCommand::Send { to, frames } => self.send(&to, &frames),
                 NetCommand::Admit(peer) => {
-                    monitor.admit(&peer);
+                    monitor.admit(&peer, now_ms());
                     self.admitted.insert(peer);
                 }
                 NetCommand::Evict(peer) => {
@@ -430,7 +434,8 @@ impl Worker {
     }
 
     fn drop_bad_input(&mut self, peer: &[u8], reason: &str) {
-        if self.bad_input_log.allow() {
+        let log = if self.admitted.contains(peer) { &mut self.client_log } else { &mut self.stranger_log };
+        if log.allow() {
             warn!(port = self.name, peer = %peer_name(peer), reason, "dropped a message");
         }
     }

@@ -689,7 +689,7 @@ impl<'a> Machine<'a> {
 /// hostile tree is not walked in full.
 fn count_values(v: &Value, limit: usize) -> Option<usize> {
     let mut n = 1usize;
-    let mut add = |child: &Value, n: &mut usize| -> Option<()> {
+    let add = |child: &Value, n: &mut usize| -> Option<()> {
         *n += count_values(child, limit.checked_sub(*n)?)?;
         (*n <= limit).then_some(())
     };
