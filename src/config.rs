@@ -111,18 +111,10 @@ pub struct ServeArgs {
     #[arg(short = 't', long = "timeout", env = "TIMEOUT")]
     pub timeout: Option<String>,
     /// Password of the session's admins (-apwd)
-    #[arg(
-        long = "admin-password",
-        env = "ADMIN_PASSWORD",
-        hide_env_values = true
-    )]
+    #[arg(long = "admin-password", env = "ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
     /// Password every client needs; empty for a public session (-spwd)
-    #[arg(
-        long = "server-password",
-        env = "SERVER_PASSWORD",
-        hide_env_values = true
-    )]
+    #[arg(long = "server-password", env = "SERVER_PASSWORD", hide_env_values = true)]
     pub server_password: Option<String>,
     /// TRACE, DEBUG, INFO, WARNING, ERROR or CRITICAL
     #[arg(short = 'l', long = "log-level", env = "LOG_LEVEL")]
@@ -216,8 +208,9 @@ impl ServeArgs {
         };
         let log_level = match self.log_level.as_deref() {
             None | Some("") => LogLevel::Info,
-            Some(s) => LogLevel::parse(s)
-                .ok_or_else(|| invalid("LOG_LEVEL (-l/--log-level)", s, LogLevel::ACCEPTED))?,
+            Some(s) => {
+                LogLevel::parse(s).ok_or_else(|| invalid("LOG_LEVEL (-l/--log-level)", s, LogLevel::ACCEPTED))?
+            }
         };
         let max_message_size = match self.max_message_size.as_deref().map(str::trim) {
             None | Some("") => DEFAULT_MAX_MESSAGE_SIZE,
@@ -269,10 +262,9 @@ mod tests {
         );
         let mut a = ServeArgs::try_parse_from(argv).expect("flags parse");
         // Tests must not depend on the environment of the machine.
-        a.port = a.port.filter(|_| {
-            args.iter()
-                .any(|x| x.starts_with("-p") || x.starts_with("--port"))
-        });
+        a.port = a
+            .port
+            .filter(|_| args.iter().any(|x| x.starts_with("-p") || x.starts_with("--port")));
         a.into_config()
     }
 
@@ -281,13 +273,7 @@ mod tests {
         let argv = normalize_legacy_flags(["-apwd", "x", "-spwd=y", "-lf", "f"].map(String::from));
         assert_eq!(
             argv,
-            [
-                "--admin-password",
-                "x",
-                "--server-password=y",
-                "--log-file",
-                "f"
-            ]
+            ["--admin-password", "x", "--server-password=y", "--log-file", "f"]
         );
     }
 
@@ -303,10 +289,7 @@ mod tests {
             ..Default::default()
         };
         let c = args.into_config().unwrap();
-        assert_eq!(
-            (c.port, c.timeout_ms, c.log_level),
-            (6000, 5000, LogLevel::Debug)
-        );
+        assert_eq!((c.port, c.timeout_ms, c.log_level), (6000, 5000, LogLevel::Debug));
         assert!(c.is_private());
         assert!(!c.uses_default_admin_password());
     }
@@ -328,11 +311,7 @@ mod tests {
         }
         .into_config()
         .unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("invalid PORT (-p/--port) \"70000\""),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("invalid PORT (-p/--port) \"70000\""), "{e}");
         let e = ServeArgs {
             log_level: Some("LOUD".into()),
             ..Default::default()

@@ -85,9 +85,12 @@ impl HeartbeatMonitor {
     /// dropped after the timeout.
     pub fn admit(&mut self, peer: &PeerId, now: u64) {
         self.authenticated.insert(peer.clone());
-        self.watches
-            .entry(peer.clone())
-            .or_insert(Watch { last_received: now, last_sent: now, latency: 0, since: now });
+        self.watches.entry(peer.clone()).or_insert(Watch {
+            last_received: now,
+            last_sent: now,
+            latency: 0,
+            since: now,
+        });
     }
 
     /// The peer left or was kicked: stop watching it.
@@ -147,7 +150,7 @@ impl HeartbeatMonitor {
     /// Milliseconds until the next thing to do, for the poll timeout.
     pub fn next_deadline(&self, now: u64) -> u64 {
         let check = (self.last_check + CHECK_INTERVAL_MS + 1).saturating_sub(now);
-        check.min(PING_INTERVAL_MS / 4).max(1)
+        check.clamp(1, PING_INTERVAL_MS / 4)
     }
 }
 
@@ -164,10 +167,7 @@ mod tests {
         let mut m = HeartbeatMonitor::new(5_000, 0);
         assert!(m.on_frame(&peer(1), INIT, 0));
         assert!(!m.on_frame(&peer(1), b"PONG", 10));
-        assert!(
-            !m.on_frame(&peer(2), b"PONG", 10),
-            "unknown peers are not answered"
-        );
+        assert!(!m.on_frame(&peer(2), b"PONG", 10), "unknown peers are not answered");
         assert!(!m.is_watched(&peer(2)));
     }
 

@@ -79,23 +79,21 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Sub::Health { host }) => {
-            match health::request_server_info(&host, config.port, HEALTH_TIMEOUT) {
-                Ok(info) => {
-                    println!(
-                        "healthy: {host}:{} answers, version {}, {}",
-                        config.port,
-                        info.version,
-                        if info.private { "private" } else { "public" }
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("unhealthy: {e}");
-                    ExitCode::FAILURE
-                }
+        Some(Sub::Health { host }) => match health::request_server_info(&host, config.port, HEALTH_TIMEOUT) {
+            Ok(info) => {
+                println!(
+                    "healthy: {host}:{} answers, version {}, {}",
+                    config.port,
+                    info.version,
+                    if info.private { "private" } else { "public" }
+                );
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        },
         None => {
             if let Err(e) = init_logging(&config) {
                 eprintln!("replication-server: {e}");

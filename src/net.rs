@@ -38,9 +38,7 @@ const TCP_KEEPALIVE_IDLE_S: i32 = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error(
-        "cannot bind the {name} port tcp://{addr}:{port}: {source} (is another server running on it?)"
-    )]
+    #[error("cannot bind the {name} port tcp://{addr}:{port}: {source} (is another server running on it?)")]
     Bind {
         name: &'static str,
         addr: String,
@@ -171,12 +169,7 @@ pub struct NetConfig {
     pub timeout_ms: u64,
 }
 
-fn router(
-    ctx: &zmq::Context,
-    cfg: &NetConfig,
-    name: &'static str,
-    port: u16,
-) -> Result<zmq::Socket, NetError> {
+fn router(ctx: &zmq::Context, cfg: &NetConfig, name: &'static str, port: u16) -> Result<zmq::Socket, NetError> {
     let s = ctx.socket(zmq::ROUTER)?;
     s.set_linger(0)?;
     s.set_maxmsgsize(cfg.max_message_size)?;
@@ -434,7 +427,11 @@ impl Worker {
     }
 
     fn drop_bad_input(&mut self, peer: &[u8], reason: &str) {
-        let log = if self.admitted.contains(peer) { &mut self.client_log } else { &mut self.stranger_log };
+        let log = if self.admitted.contains(peer) {
+            &mut self.client_log
+        } else {
+            &mut self.stranger_log
+        };
         if log.allow() {
             warn!(port = self.name, peer = %peer_name(peer), reason, "dropped a message");
         }
@@ -461,16 +458,11 @@ impl Worker {
             Channel::Command => {
                 if !self.admitted.contains(&peer) {
                     let allowed = matches!(
-                        wire::read_type(&frames[0])
-                            .ok()
-                            .and_then(CommandKind::from_type_num),
+                        wire::read_type(&frames[0]).ok().and_then(CommandKind::from_type_num),
                         Some(CommandKind::Auth | CommandKind::RequestServerInfo)
                     );
                     if !allowed {
-                        self.drop_bad_input(
-                            &peer,
-                            "not logged in: only Auth and RequestServerInfo are accepted",
-                        );
+                        self.drop_bad_input(&peer, "not logged in: only Auth and RequestServerInfo are accepted");
                         return true;
                     }
                 }
@@ -484,10 +476,7 @@ impl Worker {
             }
             Channel::Data => {
                 if !self.admitted.contains(&peer) {
-                    self.drop_bad_input(
-                        &peer,
-                        "not logged in: data is only accepted from logged-in users",
-                    );
+                    self.drop_bad_input(&peer, "not logged in: data is only accepted from logged-in users");
                     return true;
                 }
                 match Update::decode(&frames) {
@@ -517,9 +506,7 @@ impl Worker {
                     return false;
                 }
             }
-            if !self.forward(Inbound::Heartbeat(HeartbeatEvent::Latencies(
-                tick.latencies,
-            ))) {
+            if !self.forward(Inbound::Heartbeat(HeartbeatEvent::Latencies(tick.latencies))) {
                 return false;
             }
         }

@@ -24,11 +24,7 @@ pub enum ServerError {
 fn dispatch(session: &mut SessionState, net: &mut Network) {
     for out in session.drain_out() {
         match out {
-            Outgoing::Send {
-                channel,
-                to,
-                frames,
-            } => net.outbox(channel).send(to, frames),
+            Outgoing::Send { channel, to, frames } => net.outbox(channel).send(to, frames),
             Outgoing::Admit(peer) => net.admit(&peer),
             Outgoing::Evict(peer) => net.evict(&peer),
         }
@@ -39,11 +35,7 @@ fn dispatch(session: &mut SessionState, net: &mut Network) {
 fn handle(session: &mut SessionState, event: Inbound) {
     match event {
         Inbound::Command { peer, command } => session.handle_command(peer, command),
-        Inbound::Update {
-            peer,
-            update,
-            frames,
-        } => session.handle_update(peer, update, frames),
+        Inbound::Update { peer, update, frames } => session.handle_update(peer, update, frames),
         Inbound::Heartbeat(event) => session.handle_heartbeat(event),
     }
 }
@@ -77,9 +69,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         "replication server listening"
     );
     if config.uses_default_admin_password() {
-        warn!(
-            "ADMIN_PASSWORD is the default 'admin': anyone can log in as admin and kick users. Set ADMIN_PASSWORD."
-        );
+        warn!("ADMIN_PASSWORD is the default 'admin': anyone can log in as admin and kick users. Set ADMIN_PASSWORD.");
     }
     info!(state = ?session.state(), "waiting for an admin to initialise the session");
     loop {

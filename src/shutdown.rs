@@ -14,20 +14,18 @@ impl Shutdown {
     pub fn listen() -> std::io::Result<Shutdown> {
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         let (tx, rx) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                let mut seen = false;
-                for sig in signals.forever() {
-                    let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
-                    if seen {
-                        tracing::warn!(signal = name, "second signal: exiting immediately");
-                        std::process::exit(128 + sig);
-                    }
-                    seen = true;
-                    let _ = tx.send(name);
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            let mut seen = false;
+            for sig in signals.forever() {
+                let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                if seen {
+                    tracing::warn!(signal = name, "second signal: exiting immediately");
+                    std::process::exit(128 + sig);
                 }
-            })?;
+                seen = true;
+                let _ = tx.send(name);
+            }
+        })?;
         Ok(Shutdown { rx })
     }
 

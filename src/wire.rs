@@ -92,10 +92,7 @@ pub enum WireError {
     #[error("{what} is too long ({len} bytes)")]
     TooLong { what: &'static str, len: usize },
     #[error("bad {what} pickle: {source}")]
-    Pickle {
-        what: &'static str,
-        source: DecodeError,
-    },
+    Pickle { what: &'static str, source: DecodeError },
     #[error("dependencies must be a list of str or None, got {0}")]
     BadDependencies(&'static str),
 }
@@ -116,10 +113,7 @@ pub fn read_type(frame: &[u8]) -> Result<i64, WireError> {
 
 fn utf8(frame: &[u8], what: &'static str, max: usize) -> Result<String, WireError> {
     if frame.len() > max {
-        return Err(WireError::TooLong {
-            what,
-            len: frame.len(),
-        });
+        return Err(WireError::TooLong { what, len: frame.len() });
     }
     std::str::from_utf8(frame)
         .map(str::to_owned)
@@ -290,10 +284,7 @@ impl CommitFrames {
         expect_frames(frames, "Commit", 4)?;
         let node_id = utf8(&frames[1], "commit node id", MAX_UUID_LEN)?;
         let dependencies = decode_dependencies(&frames[2])?;
-        pickle::decode(&frames[3], Allow::Delta).map_err(|source| WireError::Pickle {
-            what: "delta",
-            source,
-        })?;
+        pickle::decode(&frames[3], Allow::Delta).map_err(|source| WireError::Pickle { what: "delta", source })?;
         Ok(CommitFrames {
             node_id,
             dependencies,
@@ -351,10 +342,7 @@ mod tests {
     fn wrong_frame_count_is_refused() {
         let mut frames = Command::frames(CommandKind::Kick, "alice", &Value::None);
         frames.pop();
-        assert!(matches!(
-            Command::decode(&frames),
-            Err(WireError::FrameCount { .. })
-        ));
+        assert!(matches!(Command::decode(&frames), Err(WireError::FrameCount { .. })));
     }
 
     #[test]
@@ -366,10 +354,7 @@ mod tests {
             Bytes::from(pickle::encode(&Value::Int(3))),
             Bytes::from(pickle::encode(&Value::None)),
         ];
-        assert_eq!(
-            NodeFrames::decode(&frames),
-            Err(WireError::BadDependencies("int"))
-        );
+        assert_eq!(NodeFrames::decode(&frames), Err(WireError::BadDependencies("int")));
     }
 
     #[test]

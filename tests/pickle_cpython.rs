@@ -27,7 +27,11 @@ fn typed(v: &Value) -> String {
         Value::Tuple(items) => format!("({})", items.iter().map(typed).collect::<Vec<_>>().join(",")),
         Value::Dict(items) => format!(
             "{{{}}}",
-            items.iter().map(|(k, v)| format!("{}:{}", typed(k), typed(v))).collect::<Vec<_>>().join(",")
+            items
+                .iter()
+                .map(|(k, v)| format!("{}:{}", typed(k), typed(v)))
+                .collect::<Vec<_>>()
+                .join(",")
         ),
         other => panic!("unexpected {other:?}"),
     }
@@ -49,7 +53,11 @@ fn cpython_pickles_decode_and_reencode_byte_for_byte() {
         .arg("7")
         .output()
         .expect("python3 runs");
-    assert!(out.status.success(), "generator failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "generator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(n > RANDOM_CASES);
     let (mut exact, mut value_only) = (0, 0);
@@ -62,7 +70,11 @@ fn cpython_pickles_decode_and_reencode_byte_for_byte() {
         let again = pickle::encode(&v);
         if must_be_exact {
             if again != raw {
-                let at = again.iter().zip(&raw).position(|(a, b)| a != b).unwrap_or(again.len().min(raw.len()));
+                let at = again
+                    .iter()
+                    .zip(&raw)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(again.len().min(raw.len()));
                 panic!(
                     "case {i}: re-encoded bytes differ at byte {at} (ours {} bytes, CPython {}): ours {:?} vs {:?}",
                     again.len(),
@@ -85,9 +97,18 @@ fn cpython_pickles_decode_and_reencode_byte_for_byte() {
 fn our_pickles_load_in_cpython() {
     let v = pickle::dict([
         ("STATE", Value::str("SET")),
-        ("DATA", Value::List(vec![Value::bytes(b"\x80\x04K\x02."), Value::bytes(&[7u8; 70_000])])),
-        ("big", Value::BigInt(std::sync::Arc::from(&[0u8, 0, 0, 0, 0, 0, 0, 0, 1][..]))),
-        ("t", Value::Tuple(vec![Value::Float(1.5), Value::None, Value::Bool(true)])),
+        (
+            "DATA",
+            Value::List(vec![Value::bytes(b"\x80\x04K\x02."), Value::bytes(&[7u8; 70_000])]),
+        ),
+        (
+            "big",
+            Value::BigInt(std::sync::Arc::from(&[0u8, 0, 0, 0, 0, 0, 0, 0, 1][..])),
+        ),
+        (
+            "t",
+            Value::Tuple(vec![Value::Float(1.5), Value::None, Value::Bool(true)]),
+        ),
     ]);
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ours.pkl");
     std::fs::write(&path, pickle::encode(&v)).unwrap();
@@ -95,5 +116,10 @@ fn our_pickles_load_in_cpython() {
                  assert v['STATE']=='SET' and v['DATA'][1]==b'\\x07'*70000 and v['big']==2**64 and v['t']==(1.5,None,True), v; \
                  assert pickle.dumps(v, protocol=4)==open(sys.argv[1],'rb').read(); print('ok')";
     let out = Command::new(python()).arg("-c").arg(check).arg(&path).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

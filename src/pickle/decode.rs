@@ -114,14 +114,8 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or(DecodeError::Truncated(self.pos))?;
-        let bytes = self
-            .input
-            .get(self.pos..end)
-            .ok_or(DecodeError::Truncated(self.pos))?;
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated(self.pos))?;
+        let bytes = self.input.get(self.pos..end).ok_or(DecodeError::Truncated(self.pos))?;
         self.pos = end;
         Ok(bytes)
     }
@@ -152,10 +146,7 @@ impl<'a> Machine<'a> {
     }
 
     fn malformed(&self, what: &'static str) -> DecodeError {
-        DecodeError::Malformed {
-            offset: self.pos,
-            what,
-        }
+        DecodeError::Malformed { offset: self.pos, what }
     }
 
     fn pop(&mut self) -> Result<Item> {
@@ -163,16 +154,11 @@ impl<'a> Machine<'a> {
         if self.stack.len() <= floor {
             return Err(self.malformed("stack underflow"));
         }
-        self.stack
-            .pop()
-            .ok_or_else(|| self.malformed("stack underflow"))
+        self.stack.pop().ok_or_else(|| self.malformed("stack underflow"))
     }
 
     fn pop_mark(&mut self) -> Result<Vec<Item>> {
-        let mark = self
-            .marks
-            .pop()
-            .ok_or_else(|| self.malformed("missing MARK"))?;
+        let mark = self.marks.pop().ok_or_else(|| self.malformed("missing MARK"))?;
         Ok(self.stack.split_off(mark))
     }
 
@@ -224,7 +210,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, target: &Item, items: Vec<Item>) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.malformed("odd number of dict items"));
         }
         match self.container_mut(target)? {
@@ -276,21 +262,15 @@ impl<'a> Machine<'a> {
 
     fn resolve_global(&self, module: &str, name: &str) -> Result<Global> {
         let found = match (module, name) {
-            ("builtins", n) if self.allow != Allow::Data => {
-                BuiltinType::from_name(n).map(Global::Builtin)
-            }
-            ("deepdiff.helper", "Opcode") if self.allow != Allow::Data => {
-                Some(Global::DeepdiffOpcode)
-            }
+            ("builtins", n) if self.allow != Allow::Data => BuiltinType::from_name(n).map(Global::Builtin),
+            ("deepdiff.helper", "Opcode") if self.allow != Allow::Data => Some(Global::DeepdiffOpcode),
             ("deepdiff.helper", "OrderedDictPlus") if self.allow != Allow::Data => {
                 Some(Global::DeepdiffOrderedDictPlus)
             }
             ("replication.repository", "GraphObjectStore") if self.allow == Allow::Legacy => {
                 Some(Global::GraphObjectStore)
             }
-            ("replication.objects", "Node") if self.allow == Allow::Legacy => {
-                Some(Global::ReplicationNode)
-            }
+            ("replication.objects", "Node") if self.allow == Allow::Legacy => Some(Global::ReplicationNode),
             _ => None,
         };
         found.ok_or_else(|| DecodeError::ForbiddenGlobal(format!("{module}.{name}")))
@@ -358,8 +338,7 @@ impl<'a> Machine<'a> {
                     let b = self.take(8)?;
                     let mut a = [0u8; 8];
                     a.copy_from_slice(b);
-                    self.stack
-                        .push(Item::Atom(Value::Float(f64::from_be_bytes(a))));
+                    self.stack.push(Item::Atom(Value::Float(f64::from_be_bytes(a))));
                 }
                 0x8c => {
                     let n = usize::from(self.byte()?);
@@ -481,8 +460,7 @@ impl<'a> Machine<'a> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Some(module), Some(name)) = (self.atom_str(&module), self.atom_str(&name))
-                    else {
+                    let (Some(module), Some(name)) = (self.atom_str(&module), self.atom_str(&name)) else {
                         return Err(self.malformed("STACK_GLOBAL needs two strings"));
                     };
                     let g = self.resolve_global(&module, &name)?;
@@ -511,9 +489,7 @@ impl<'a> Machine<'a> {
                     let cls = self.pop()?;
                     let class = match cls {
                         Item::Atom(Value::Global(
-                            g @ (Global::DeepdiffOpcode
-                            | Global::GraphObjectStore
-                            | Global::ReplicationNode),
+                            g @ (Global::DeepdiffOpcode | Global::GraphObjectStore | Global::ReplicationNode),
                         )) => g,
                         _ => return Err(DecodeError::ForbiddenCall(offset)),
                     };
@@ -543,21 +519,14 @@ impl<'a> Machine<'a> {
                     let state = self.pop()?;
                     let target = self.top()?;
                     match self.container_mut(&target)? {
-                        Container::Object {
-                            state: s @ None, ..
-                        } => *s = Some(state),
+                        Container::Object { state: s @ None, .. } => *s = Some(state),
                         _ => {
-                            return Err(
-                                self.malformed("BUILD on something that is not an allowed object")
-                            );
+                            return Err(self.malformed("BUILD on something that is not an allowed object"));
                         }
                     }
                 }
                 other => {
-                    return Err(DecodeError::UnsupportedOpcode {
-                        opcode: other,
-                        offset,
-                    });
+                    return Err(DecodeError::UnsupportedOpcode { opcode: other, offset });
                 }
             }
         }
@@ -569,8 +538,7 @@ impl<'a> Machine<'a> {
             .iter()
             .position(|&b| b == b'\n')
             .ok_or(DecodeError::Truncated(self.pos))?;
-        let s =
-            std::str::from_utf8(&rest[..end]).map_err(|_| DecodeError::InvalidUtf8(self.pos))?;
+        let s = std::str::from_utf8(&rest[..end]).map_err(|_| DecodeError::InvalidUtf8(self.pos))?;
         self.pos += end + 1;
         Ok(s.to_owned())
     }
@@ -654,10 +622,7 @@ impl<'a> Machine<'a> {
     }
 
     fn materialize_all(&mut self, items: Vec<Item>, depth: usize) -> Result<Vec<Value>> {
-        items
-            .into_iter()
-            .map(|i| self.materialize(i, depth + 1))
-            .collect()
+        items.into_iter().map(|i| self.materialize(i, depth + 1)).collect()
     }
 
     fn materialize_container(&mut self, c: Container, depth: usize) -> Result<Value> {

@@ -61,8 +61,7 @@ impl Encoder {
         let len = self.out.len() - start - FRAME_HEADER_SIZE;
         if len >= FRAME_SIZE_MIN {
             self.out[start] = 0x95;
-            self.out[start + 1..start + FRAME_HEADER_SIZE]
-                .copy_from_slice(&(len as u64).to_le_bytes());
+            self.out[start + 1..start + FRAME_HEADER_SIZE].copy_from_slice(&(len as u64).to_le_bytes());
         } else {
             self.out.drain(start..start + FRAME_HEADER_SIZE);
         }

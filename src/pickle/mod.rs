@@ -33,15 +33,25 @@ mod tests {
     fn code_execution_is_refused() {
         // pickle.dumps of os.system('true') via __reduce__, protocol 4.
         let evil = b"\x80\x04\x95\x1e\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94\x8c\x04true\x94\x85\x94R\x94.";
-        assert_eq!(decode(evil, Allow::Legacy), Err(DecodeError::ForbiddenGlobal("posix.system".into())));
+        assert_eq!(
+            decode(evil, Allow::Legacy),
+            Err(DecodeError::ForbiddenGlobal("posix.system".into()))
+        );
         // Text-protocol GLOBAL is checked the same way.
-        assert!(matches!(decode(b"cos\nsystem\n(S'x'\ntR.", Allow::Delta), Err(DecodeError::ForbiddenGlobal(_))));
+        assert!(matches!(
+            decode(b"cos\nsystem\n(S'x'\ntR.", Allow::Delta),
+            Err(DecodeError::ForbiddenGlobal(_))
+        ));
     }
 
     #[test]
     fn deepdiff_globals_only_where_allowed() {
-        let opcode = b"\x80\x04\x8c\x0fdeepdiff.helper\x8c\x06Opcode\x93(\x8c\x07replaceK\x00K\x01K\x00K\x01N]\x94K\x05at\x81.";
-        assert!(matches!(decode(opcode, Allow::Data), Err(DecodeError::ForbiddenGlobal(_))));
+        let opcode =
+            b"\x80\x04\x8c\x0fdeepdiff.helper\x8c\x06Opcode\x93(\x8c\x07replaceK\x00K\x01K\x00K\x01N]\x94K\x05at\x81.";
+        assert!(matches!(
+            decode(opcode, Allow::Data),
+            Err(DecodeError::ForbiddenGlobal(_))
+        ));
         let v = decode(opcode, Allow::Delta).unwrap();
         let Value::Object(obj) = v else { panic!("{v:?}") };
         assert_eq!(obj.class, Global::DeepdiffOpcode);
@@ -51,7 +61,10 @@ mod tests {
         assert_eq!(decode(persid, Allow::Delta), Ok(Value::Global(Global::NoneType)));
         assert!(decode(persid, Allow::Data).is_err());
         let other_pid = b"\x80\x04\x8c\x03abcQ.";
-        assert!(matches!(decode(other_pid, Allow::Delta), Err(DecodeError::ForbiddenPersistentId(_))));
+        assert!(matches!(
+            decode(other_pid, Allow::Delta),
+            Err(DecodeError::ForbiddenPersistentId(_))
+        ));
     }
 
     #[test]
@@ -80,12 +93,8 @@ mod tests {
     #[test]
     fn deep_nesting_is_refused() {
         let mut p = vec![0x80, 4];
-        for _ in 0..(MAX_DEPTH + 5) {
-            p.push(b']');
-        }
-        for _ in 0..(MAX_DEPTH + 4) {
-            p.push(b'a');
-        }
+        p.extend(std::iter::repeat_n(b']', MAX_DEPTH + 5));
+        p.extend(std::iter::repeat_n(b'a', MAX_DEPTH + 4));
         p.push(b'.');
         assert_eq!(decode(&p, Allow::Data), Err(DecodeError::Limit("nesting depth")));
     }
@@ -122,7 +131,10 @@ mod tests {
 
     #[test]
     fn big_ints_round_trip() {
-        for raw in [&[0u8, 0, 0, 0, 0, 0, 0, 0x80, 0][..], &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0xff]] {
+        for raw in [
+            &[0u8, 0, 0, 0, 0, 0, 0, 0x80, 0][..],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0xff],
+        ] {
             let mut p = vec![0x80, 4, 0x8a, raw.len() as u8];
             p.extend_from_slice(raw);
             p.push(b'.');

@@ -3,8 +3,7 @@
 use tracing::{info, warn};
 
 use super::{
-    Client, MAX_CLIENTS, PROTOCOL_VERSION, PeerId, STATUS_LOBBY, ServerState, SessionState,
-    UNKNOWN_LATENCY, peer_name,
+    Client, MAX_CLIENTS, PROTOCOL_VERSION, PeerId, STATUS_LOBBY, ServerState, SessionState, UNKNOWN_LATENCY, peer_name,
 };
 use crate::pickle::Value;
 use crate::wire::{CommandKind, MAX_USERNAME_LEN};
@@ -43,13 +42,11 @@ impl SessionState {
             warn!(user = %username, peer = %peer_name(peer), reason, "refused login");
             reason.to_string()
         };
-        if self.clients.contains_key(peer) || self.clients.values().any(|c| c.username == username)
-        {
+        if self.clients.contains_key(peer) || self.clients.values().any(|c| c.username == username) {
             return refuse(ALREADY_LOGGED_IN);
         }
         let admin = data.get("AUTH_TYPE").and_then(Value::as_str) == Some("ADMIN");
-        if admin && password(data, "A_PWD").as_deref() != Some(self.config.admin_password.as_str())
-        {
+        if admin && password(data, "A_PWD").as_deref() != Some(self.config.admin_password.as_str()) {
             return refuse(WRONG_ADMIN_PASSWORD);
         }
         if !self.config.server_password.is_empty()

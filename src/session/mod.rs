@@ -193,12 +193,7 @@ impl SessionState {
 
     /// Sends the same message to every registered client but `except`.
     fn broadcast(&mut self, channel: Channel, frames: Arc<Vec<Bytes>>, except: Option<&PeerId>) {
-        let targets: Vec<PeerId> = self
-            .clients
-            .keys()
-            .filter(|p| Some(*p) != except)
-            .cloned()
-            .collect();
+        let targets: Vec<PeerId> = self.clients.keys().filter(|p| Some(*p) != except).cloned().collect();
         for to in targets {
             self.send(channel, &to, frames.clone());
         }
@@ -215,11 +210,7 @@ impl SessionState {
                 .map(|c| (Value::str(&c.username), c.record()))
                 .collect(),
         );
-        let frames = Arc::new(Command::frames(
-            CommandKind::UpdateClientsState,
-            "server",
-            &users,
-        ));
+        let frames = Arc::new(Command::frames(CommandKind::UpdateClientsState, "server", &users));
         self.broadcast(Channel::Command, frames, None);
     }
 
@@ -248,10 +239,7 @@ impl SessionState {
 
     fn handle_server_info(&mut self, peer: &PeerId) {
         let info = crate::pickle::dict([
-            (
-                "private",
-                Value::Bool(!self.config.server_password.is_empty()),
-            ),
+            ("private", Value::Bool(!self.config.server_password.is_empty())),
             ("version", Value::str(PROTOCOL_VERSION)),
         ]);
         self.send_command(peer, CommandKind::RequestServerInfo, &info);
@@ -312,17 +300,14 @@ impl SessionState {
         if !locked.is_empty() {
             self.graph.set_owner(&locked, RP_COMMON);
             let data = crate::pickle::dict([
-                (
-                    "uuid",
-                    Value::List(locked.iter().map(|u| Value::str(u)).collect()),
-                ),
+                ("uuid", Value::List(locked.iter().map(|u| Value::str(u)).collect())),
                 ("owner", Value::str(RP_COMMON)),
             ]);
             let frames = Arc::new(Command::frames(CommandKind::Right, "server", &data));
             self.broadcast(Channel::Command, frames, None);
             info!(user = %client.username, nodes = locked.len(), "released the user's nodes to COMMON");
         }
-        if self.upload.as_ref().is_some_and(|u| &u.uploader == peer) {
+        if self.upload.as_ref().is_some_and(|u| u.uploader == *peer) {
             warn!(
                 user = %client.username,
                 "the admin uploading the session left before it finished; discarding the partial upload, waiting for a new init"

@@ -28,10 +28,9 @@ impl SessionState {
     pub(super) fn handle_right(&mut self, peer: &PeerId, cmd: Command) {
         let owner = cmd.data.get("owner").and_then(Value::as_str);
         let uuids: Option<Vec<String>> = match cmd.data.get("uuid") {
-            Some(Value::List(items)) | Some(Value::Tuple(items)) => items
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect(),
+            Some(Value::List(items)) | Some(Value::Tuple(items)) => {
+                items.iter().map(|v| v.as_str().map(str::to_owned)).collect()
+            }
             _ => None,
         };
         let (Some(owner), Some(uuids)) = (owner, uuids) else {

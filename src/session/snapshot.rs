@@ -25,16 +25,13 @@ impl SessionState {
                     return;
                 };
                 let node_data = match self.graph.get(uuid) {
-                    Some(node) => {
-                        Value::List(node.frames(uuid).iter().map(|f| Value::bytes(f)).collect())
-                    }
+                    Some(node) => Value::List(node.frames(uuid).iter().map(|f| Value::bytes(f)).collect()),
                     None => {
                         debug!(user = %self.username(peer), node = uuid, "snapshot: node no longer exists");
                         Value::bytes(b"removed")
                     }
                 };
-                let reply =
-                    crate::pickle::dict([("STATE", Value::str("SET")), ("DATA", node_data)]);
+                let reply = crate::pickle::dict([("STATE", Value::str("SET")), ("DATA", node_data)]);
                 self.send_command(peer, CommandKind::Snapshot, &reply);
             }
             Some("DONE") => {
@@ -76,10 +73,9 @@ impl SessionState {
         let user = self.username(peer);
         let is_admin = self.clients.get(peer).is_some_and(|c| c.admin);
         let nodes: Option<Vec<String>> = match data.get("NODES") {
-            Some(Value::List(items)) | Some(Value::Tuple(items)) => items
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect(),
+            Some(Value::List(items)) | Some(Value::Tuple(items)) => {
+                items.iter().map(|v| v.as_str().map(str::to_owned)).collect()
+            }
             _ => None,
         };
         let refusal = if !is_admin {
@@ -114,7 +110,7 @@ impl SessionState {
 
     fn receive_uploaded_node(&mut self, peer: &PeerId, data: &Value) {
         let user = self.username(peer);
-        let Some(upload) = self.upload.as_mut().filter(|u| &u.uploader == peer) else {
+        let Some(upload) = self.upload.as_mut().filter(|u| u.uploader == *peer) else {
             warn!(user = %user, "ignored a snapshot node outside an initialisation by this user");
             return;
         };

@@ -14,7 +14,10 @@ pub(crate) fn peer(n: u8) -> PeerId {
 }
 
 fn session(server_password: &str) -> SessionState {
-    SessionState::new(SessionConfig { admin_password: "apw".into(), server_password: server_password.into() })
+    SessionState::new(SessionConfig {
+        admin_password: "apw".into(),
+        server_password: server_password.into(),
+    })
 }
 
 fn cmd(kind: CommandKind, owner: &str, data: Value) -> Command {
@@ -35,7 +38,11 @@ fn auth_data(user: &str, admin: bool, spwd: Value, apwd: Value, version: &str) -
 fn sent_to(out: &[Outgoing], to: &PeerId) -> Vec<Command> {
     out.iter()
         .filter_map(|o| match o {
-            Outgoing::Send { channel: Channel::Command, to: t, frames } if t == to => Some(Command::decode(frames).unwrap()),
+            Outgoing::Send {
+                channel: Channel::Command,
+                to: t,
+                frames,
+            } if t == to => Some(Command::decode(frames).unwrap()),
             _ => None,
         })
         .collect()
@@ -44,17 +51,31 @@ fn sent_to(out: &[Outgoing], to: &PeerId) -> Vec<Command> {
 fn data_sent_to(out: &[Outgoing], to: &PeerId) -> Vec<Arc<Vec<Bytes>>> {
     out.iter()
         .filter_map(|o| match o {
-            Outgoing::Send { channel: Channel::Data, to: t, frames } if t == to => Some(frames.clone()),
+            Outgoing::Send {
+                channel: Channel::Data,
+                to: t,
+                frames,
+            } if t == to => Some(frames.clone()),
             _ => None,
         })
         .collect()
 }
 
 fn login(s: &mut SessionState, p: u8, user: &str, admin: bool) -> String {
-    s.handle_command(peer(p), cmd(CommandKind::Auth, user, auth_data(user, admin, Value::str(""), Value::str("apw"), "0.9.10")));
+    s.handle_command(
+        peer(p),
+        cmd(
+            CommandKind::Auth,
+            user,
+            auth_data(user, admin, Value::str(""), Value::str("apw"), "0.9.10"),
+        ),
+    );
     let out = s.drain_out();
     let replies = sent_to(&out, &peer(p));
-    let auth = replies.iter().rfind(|c| c.kind == CommandKind::Auth).expect("auth answer");
+    let auth = replies
+        .iter()
+        .rfind(|c| c.kind == CommandKind::Auth)
+        .expect("auth answer");
     auth.data.as_str().unwrap().to_string()
 }
 
@@ -71,14 +92,28 @@ fn node_frames(uuid: &str, owner: &str, data: &Value) -> Vec<Bytes> {
 
 fn init_session(s: &mut SessionState, admin: u8, nodes: &[(&str, Value)]) {
     let uuids = Value::List(nodes.iter().map(|(u, _)| Value::str(u)).collect());
-    let init = dict([("STATE", Value::str("INIT")), ("SIZE", Value::Int(nodes.len() as i64)), ("NODES", uuids)]);
+    let init = dict([
+        ("STATE", Value::str("INIT")),
+        ("SIZE", Value::Int(nodes.len() as i64)),
+        ("NODES", uuids),
+    ]);
     s.handle_command(peer(admin), cmd(CommandKind::ServerSnapshot, "server", init));
     for (u, data) in nodes {
         let frames = node_frames(u, "COMMON", data);
-        let set = dict([("STATE", Value::str("SET")), ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect()))]);
+        let set = dict([
+            ("STATE", Value::str("SET")),
+            ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect())),
+        ]);
         s.handle_command(peer(admin), cmd(CommandKind::ServerSnapshot, "server", set));
     }
-    s.handle_command(peer(admin), cmd(CommandKind::ServerSnapshot, "server", dict([("STATE", Value::str("END"))])));
+    s.handle_command(
+        peer(admin),
+        cmd(
+            CommandKind::ServerSnapshot,
+            "server",
+            dict([("STATE", Value::str("END"))]),
+        ),
+    );
 }
 
 #[test]
@@ -94,16 +129,51 @@ fn auth_answers_lobby_then_running() {
 fn auth_refusals_in_python_order() {
     let mut s = session("spw");
     assert_eq!(login(&mut s, 1, "alice", false), WRONG_SERVER);
-    s.handle_command(peer(1), cmd(CommandKind::Auth, "a", auth_data("alice", false, Value::str("spw"), Value::None, "0.9.10")));
+    s.handle_command(
+        peer(1),
+        cmd(
+            CommandKind::Auth,
+            "a",
+            auth_data("alice", false, Value::str("spw"), Value::None, "0.9.10"),
+        ),
+    );
     s.drain_out();
     // Same name again: already logged in wins over every other check.
-    s.handle_command(peer(2), cmd(CommandKind::Auth, "a", auth_data("alice", true, Value::None, Value::str("x"), "0.1")));
+    s.handle_command(
+        peer(2),
+        cmd(
+            CommandKind::Auth,
+            "a",
+            auth_data("alice", true, Value::None, Value::str("x"), "0.1"),
+        ),
+    );
     assert_eq!(last_auth(&mut s, 2), "FAILED: client already logged in");
-    s.handle_command(peer(3), cmd(CommandKind::Auth, "b", auth_data("bob", true, Value::None, Value::str("x"), "0.1")));
+    s.handle_command(
+        peer(3),
+        cmd(
+            CommandKind::Auth,
+            "b",
+            auth_data("bob", true, Value::None, Value::str("x"), "0.1"),
+        ),
+    );
     assert_eq!(last_auth(&mut s, 3), "FAILED: wrong admin password");
-    s.handle_command(peer(3), cmd(CommandKind::Auth, "b", auth_data("bob", false, Value::str("nope"), Value::None, "0.1")));
+    s.handle_command(
+        peer(3),
+        cmd(
+            CommandKind::Auth,
+            "b",
+            auth_data("bob", false, Value::str("nope"), Value::None, "0.1"),
+        ),
+    );
     assert_eq!(last_auth(&mut s, 3), "FAILED: wrong server password");
-    s.handle_command(peer(3), cmd(CommandKind::Auth, "b", auth_data("bob", false, Value::str("spw"), Value::None, "0.1")));
+    s.handle_command(
+        peer(3),
+        cmd(
+            CommandKind::Auth,
+            "b",
+            auth_data("bob", false, Value::str("spw"), Value::None, "0.1"),
+        ),
+    );
     assert_eq!(last_auth(&mut s, 3), "FAILED: wrong client version (0.1 != 0.9.10)");
     assert_eq!(s.client_count(), 1);
 }
@@ -112,15 +182,36 @@ const WRONG_SERVER: &str = "FAILED: wrong server password";
 
 fn last_auth(s: &mut SessionState, p: u8) -> String {
     let out = s.drain_out();
-    sent_to(&out, &peer(p)).iter().rfind(|c| c.kind == CommandKind::Auth).unwrap().data.as_str().unwrap().to_string()
+    sent_to(&out, &peer(p))
+        .iter()
+        .rfind(|c| c.kind == CommandKind::Auth)
+        .unwrap()
+        .data
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
 fn public_server_accepts_empty_and_none_passwords() {
     let mut s = session("");
-    s.handle_command(peer(1), cmd(CommandKind::Auth, "a", auth_data("a", false, Value::None, Value::None, "0.9.10")));
+    s.handle_command(
+        peer(1),
+        cmd(
+            CommandKind::Auth,
+            "a",
+            auth_data("a", false, Value::None, Value::None, "0.9.10"),
+        ),
+    );
     assert_eq!(last_auth(&mut s, 1), "LOBBY");
-    s.handle_command(peer(2), cmd(CommandKind::Auth, "b", auth_data("b", false, Value::str(""), Value::None, "0.9.10")));
+    s.handle_command(
+        peer(2),
+        cmd(
+            CommandKind::Auth,
+            "b",
+            auth_data("b", false, Value::str(""), Value::None, "0.9.10"),
+        ),
+    );
     assert_eq!(last_auth(&mut s, 2), "LOBBY");
 }
 
@@ -128,7 +219,14 @@ fn public_server_accepts_empty_and_none_passwords() {
 fn auth_broadcasts_clients_state_before_answering() {
     let mut s = session("");
     login(&mut s, 1, "alice", true);
-    s.handle_command(peer(2), cmd(CommandKind::Auth, "bob", auth_data("bob", false, Value::str(""), Value::None, "0.9.10")));
+    s.handle_command(
+        peer(2),
+        cmd(
+            CommandKind::Auth,
+            "bob",
+            auth_data("bob", false, Value::str(""), Value::None, "0.9.10"),
+        ),
+    );
     let out = s.drain_out();
     let to_bob = sent_to(&out, &peer(2));
     assert_eq!(to_bob.len(), 2);
@@ -156,7 +254,10 @@ fn malformed_auth_is_refused_with_a_reason() {
 fn server_info_reports_privacy() {
     for (pw, private) in [("", false), ("x", true)] {
         let mut s = session(pw);
-        s.handle_command(peer(9), cmd(CommandKind::RequestServerInfo, "guest", Value::str("RQ_INFO")));
+        s.handle_command(
+            peer(9),
+            cmd(CommandKind::RequestServerInfo, "guest", Value::str("RQ_INFO")),
+        );
         let out = s.drain_out();
         let reply = &sent_to(&out, &peer(9))[0];
         assert_eq!(reply.kind, CommandKind::RequestServerInfo);
@@ -170,7 +271,11 @@ fn server_info_reports_privacy() {
 fn unauthenticated_commands_and_updates_are_ignored() {
     let mut s = session("");
     s.handle_command(peer(5), cmd(CommandKind::Delete, "x", Value::str("n1")));
-    s.handle_update(peer(5), Update::decode(&node_frames("n1", "x", &Value::Int(1))).unwrap(), Arc::new(node_frames("n1", "x", &Value::Int(1))));
+    s.handle_update(
+        peer(5),
+        Update::decode(&node_frames("n1", "x", &Value::Int(1))).unwrap(),
+        Arc::new(node_frames("n1", "x", &Value::Int(1))),
+    );
     assert!(s.drain_out().is_empty());
     assert!(s.graph().is_empty());
 }
@@ -184,18 +289,27 @@ fn init_stores_nodes_and_sends_catalog_to_waiting_clients() {
     let init = dict([("STATE", Value::str("INIT")), ("SIZE", Value::Int(2)), ("NODES", uuids)]);
     s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", init));
     let out = s.drain_out();
-    assert_eq!(sent_to(&out, &peer(1))[0].data.get("STATE"), Some(&Value::str("ACCEPTED")));
+    assert_eq!(
+        sent_to(&out, &peer(1))[0].data.get("STATE"),
+        Some(&Value::str("ACCEPTED"))
+    );
     assert_eq!(s.state(), ServerState::SrvSync);
     for u in ["n1", "n2"] {
         let frames = node_frames(u, "alice", &Value::str(u));
-        let set = dict([("STATE", Value::str("SET")), ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect()))]);
+        let set = dict([
+            ("STATE", Value::str("SET")),
+            ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect())),
+        ]);
         s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", set));
     }
     let out = s.drain_out();
     assert_eq!(sent_to(&out, &peer(1))[0].data.get("STATE"), Some(&Value::str("DONE")));
     let to_bob = sent_to(&out, &peer(2));
     assert_eq!(to_bob[0].kind, CommandKind::Snapshot);
-    assert_eq!(to_bob[0].data.get("CATALOG"), Some(&Value::List(vec![Value::str("n1"), Value::str("n2")])));
+    assert_eq!(
+        to_bob[0].data.get("CATALOG"),
+        Some(&Value::List(vec![Value::str("n1"), Value::str("n2")]))
+    );
     assert_eq!(s.state(), ServerState::Active);
     assert_eq!(s.graph().get("n1").unwrap().owner, "alice");
 }
@@ -205,15 +319,27 @@ fn init_is_rejected_while_active_and_from_non_admins() {
     let mut s = session("");
     login(&mut s, 1, "alice", true);
     login(&mut s, 2, "bob", false);
-    let init = || dict([("STATE", Value::str("INIT")), ("SIZE", Value::Int(1)), ("NODES", Value::List(vec![Value::str("n")]))]);
+    let init = || {
+        dict([
+            ("STATE", Value::str("INIT")),
+            ("SIZE", Value::Int(1)),
+            ("NODES", Value::List(vec![Value::str("n")])),
+        ])
+    };
     s.handle_command(peer(2), cmd(CommandKind::ServerSnapshot, "server", init()));
     let out = s.drain_out();
-    assert_eq!(sent_to(&out, &peer(2))[0].data.get("STATE"), Some(&Value::str("REJECTED")));
+    assert_eq!(
+        sent_to(&out, &peer(2))[0].data.get("STATE"),
+        Some(&Value::str("REJECTED"))
+    );
     init_session(&mut s, 1, &[("n1", Value::Int(1))]);
     s.drain_out();
     s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", init()));
     let out = s.drain_out();
-    assert_eq!(sent_to(&out, &peer(1))[0].data.get("STATE"), Some(&Value::str("REJECTED")));
+    assert_eq!(
+        sent_to(&out, &peer(1))[0].data.get("STATE"),
+        Some(&Value::str("REJECTED"))
+    );
     assert_eq!(s.graph().len(), 1);
 }
 
@@ -221,10 +347,17 @@ fn init_is_rejected_while_active_and_from_non_admins() {
 fn stray_snapshot_set_is_ignored() {
     let mut s = session("");
     login(&mut s, 1, "alice", true);
-    let init = dict([("STATE", Value::str("INIT")), ("SIZE", Value::Int(1)), ("NODES", Value::List(vec![Value::str("n1")]))]);
+    let init = dict([
+        ("STATE", Value::str("INIT")),
+        ("SIZE", Value::Int(1)),
+        ("NODES", Value::List(vec![Value::str("n1")])),
+    ]);
     s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", init));
     let frames = node_frames("intruder", "alice", &Value::Int(0));
-    let set = dict([("STATE", Value::str("SET")), ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect()))]);
+    let set = dict([
+        ("STATE", Value::str("SET")),
+        ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect())),
+    ]);
     s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", set));
     assert!(!s.graph().contains("intruder"));
     assert_eq!(s.state(), ServerState::SrvSync);
@@ -236,17 +369,45 @@ fn snapshot_get_serves_node_frames_or_removed() {
     login(&mut s, 1, "alice", true);
     init_session(&mut s, 1, &[("n1", Value::str("payload"))]);
     login(&mut s, 2, "bob", false);
-    s.handle_command(peer(2), cmd(CommandKind::Snapshot, "bob", dict([("STATE", Value::str("GET")), ("ID", Value::str("n1"))])));
-    s.handle_command(peer(2), cmd(CommandKind::Snapshot, "bob", dict([("STATE", Value::str("GET")), ("ID", Value::str("gone"))])));
+    s.handle_command(
+        peer(2),
+        cmd(
+            CommandKind::Snapshot,
+            "bob",
+            dict([("STATE", Value::str("GET")), ("ID", Value::str("n1"))]),
+        ),
+    );
+    s.handle_command(
+        peer(2),
+        cmd(
+            CommandKind::Snapshot,
+            "bob",
+            dict([("STATE", Value::str("GET")), ("ID", Value::str("gone"))]),
+        ),
+    );
     let out = s.drain_out();
     let replies = sent_to(&out, &peer(2));
-    let Some(Value::List(frames)) = replies[0].data.get("DATA") else { panic!("no frames") };
-    let frames: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f.as_bytes().unwrap())).collect();
+    let Some(Value::List(frames)) = replies[0].data.get("DATA") else {
+        panic!("no frames")
+    };
+    let frames: Vec<Bytes> = frames
+        .iter()
+        .map(|f| Bytes::copy_from_slice(f.as_bytes().unwrap()))
+        .collect();
     let node = NodeFrames::decode(&frames).unwrap();
-    assert_eq!(pickle::decode(&node.raw_data, pickle::Allow::Data).unwrap(), Value::str("payload"));
+    assert_eq!(
+        pickle::decode(&node.raw_data, pickle::Allow::Data).unwrap(),
+        Value::str("payload")
+    );
     assert_eq!(replies[1].data.get("DATA"), Some(&Value::bytes(b"removed")));
-    s.handle_command(peer(2), cmd(CommandKind::Snapshot, "bob", dict([("STATE", Value::str("DONE"))])));
-    assert_eq!(s.clients().find(|(p, _)| **p == peer(2)).unwrap().1.status, STATUS_ACTIVE);
+    s.handle_command(
+        peer(2),
+        cmd(CommandKind::Snapshot, "bob", dict([("STATE", Value::str("DONE"))])),
+    );
+    assert_eq!(
+        s.clients().find(|(p, _)| **p == peer(2)).unwrap().1.status,
+        STATUS_ACTIVE
+    );
 }
 
 #[test]
@@ -263,7 +424,10 @@ fn node_update_is_relayed_to_others_only_and_keeps_owner() {
     assert!(data_sent_to(&out, &peer(2)).is_empty(), "no echo to the sender");
     let stored = s.graph().get("n1").unwrap();
     assert_eq!(stored.owner, "COMMON");
-    assert_eq!(pickle::decode(&stored.raw_data, pickle::Allow::Data).unwrap(), Value::Int(2));
+    assert_eq!(
+        pickle::decode(&stored.raw_data, pickle::Allow::Data).unwrap(),
+        Value::Int(2)
+    );
 }
 
 #[test]
@@ -290,7 +454,14 @@ fn metadata_is_merged_and_forwarded_with_the_authenticated_owner() {
     s.drain_out();
     let md = dict([("tasks", Value::str("[\"paint\"]")), ("frame_current", Value::Int(3))]);
     s.handle_command(peer(2), cmd(CommandKind::UpdateUserMetadata, "mallory", md));
-    s.handle_command(peer(2), cmd(CommandKind::UpdateUserMetadata, "bob", dict([("frame_current", Value::Int(4))])));
+    s.handle_command(
+        peer(2),
+        cmd(
+            CommandKind::UpdateUserMetadata,
+            "bob",
+            dict([("frame_current", Value::Int(4))]),
+        ),
+    );
     let out = s.drain_out();
     let to_alice = sent_to(&out, &peer(1));
     assert_eq!(to_alice.len(), 2);
@@ -299,7 +470,10 @@ fn metadata_is_merged_and_forwarded_with_the_authenticated_owner() {
     let bob = s.clients().find(|(p, _)| **p == peer(2)).unwrap().1;
     assert_eq!(
         bob.metadata,
-        vec![(Value::str("tasks"), Value::str("[\"paint\"]")), (Value::str("frame_current"), Value::Int(4))]
+        vec![
+            (Value::str("tasks"), Value::str("[\"paint\"]")),
+            (Value::str("frame_current"), Value::Int(4))
+        ]
     );
 }
 
@@ -318,7 +492,10 @@ fn delete_and_right_reach_everyone_and_change_the_graph() {
     s.graph.put_node(dep_frames);
     login(&mut s, 2, "bob", false);
     s.drain_out();
-    let right = dict([("uuid", Value::List(vec![Value::str("n2"), Value::str("ghost")])), ("owner", Value::str("bob"))]);
+    let right = dict([
+        ("uuid", Value::List(vec![Value::str("n2"), Value::str("ghost")])),
+        ("owner", Value::str("bob")),
+    ]);
     s.handle_command(peer(2), cmd(CommandKind::Right, "bob", right));
     assert_eq!(s.graph().get("n2").unwrap().owner, "bob");
     s.handle_command(peer(2), cmd(CommandKind::Delete, "client", Value::str("n1")));
@@ -340,12 +517,28 @@ fn only_admins_kick_and_kicked_users_lose_their_locks() {
     init_session(&mut s, 1, &[("n1", Value::Int(1))]);
     login(&mut s, 2, "bob", false);
     login(&mut s, 3, "carol", false);
-    s.handle_command(peer(2), cmd(CommandKind::Right, "bob", dict([("uuid", Value::List(vec![Value::str("n1")])), ("owner", Value::str("bob"))])));
+    s.handle_command(
+        peer(2),
+        cmd(
+            CommandKind::Right,
+            "bob",
+            dict([
+                ("uuid", Value::List(vec![Value::str("n1")])),
+                ("owner", Value::str("bob")),
+            ]),
+        ),
+    );
     s.drain_out();
-    s.handle_command(peer(3), cmd(CommandKind::Kick, "carol", dict([("user", Value::str("bob"))])));
+    s.handle_command(
+        peer(3),
+        cmd(CommandKind::Kick, "carol", dict([("user", Value::str("bob"))])),
+    );
     assert!(s.drain_out().is_empty());
     assert_eq!(s.client_count(), 3);
-    s.handle_command(peer(1), cmd(CommandKind::Kick, "alice", dict([("user", Value::str("bob"))])));
+    s.handle_command(
+        peer(1),
+        cmd(CommandKind::Kick, "alice", dict([("user", Value::str("bob"))])),
+    );
     let out = s.drain_out();
     let to_bob = sent_to(&out, &peer(2));
     assert_eq!(to_bob[0].kind, CommandKind::Disconnect);
@@ -368,12 +561,18 @@ fn heartbeat_latency_and_loss() {
     s.handle_heartbeat(HeartbeatEvent::Latencies(vec![(peer(1), 12), (peer(2), 30)]));
     let out = s.drain_out();
     let ucs = &sent_to(&out, &peer(1))[0];
-    assert_eq!(ucs.data.get("bob").and_then(|b| b.get("latency")), Some(&Value::Int(30)));
+    assert_eq!(
+        ucs.data.get("bob").and_then(|b| b.get("latency")),
+        Some(&Value::Int(30))
+    );
     s.handle_heartbeat(HeartbeatEvent::Lost(peer(2)));
     assert_eq!(s.client_count(), 1);
     s.handle_heartbeat(HeartbeatEvent::Latencies(vec![]));
     let out = s.drain_out();
-    let ucs = sent_to(&out, &peer(1)).into_iter().rfind(|c| c.kind == CommandKind::UpdateClientsState).unwrap();
+    let ucs = sent_to(&out, &peer(1))
+        .into_iter()
+        .rfind(|c| c.kind == CommandKind::UpdateClientsState)
+        .unwrap();
     assert!(ucs.data.get("bob").is_none());
 }
 
@@ -381,7 +580,11 @@ fn heartbeat_latency_and_loss() {
 fn uploader_leaving_mid_init_resets_to_waiting() {
     let mut s = session("");
     login(&mut s, 1, "alice", true);
-    let init = dict([("STATE", Value::str("INIT")), ("SIZE", Value::Int(2)), ("NODES", Value::List(vec![Value::str("a"), Value::str("b")]))]);
+    let init = dict([
+        ("STATE", Value::str("INIT")),
+        ("SIZE", Value::Int(2)),
+        ("NODES", Value::List(vec![Value::str("a"), Value::str("b")])),
+    ]);
     s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", init));
     s.handle_heartbeat(HeartbeatEvent::Lost(peer(1)));
     assert_eq!(s.state(), ServerState::Waiting);
