@@ -1,6 +1,7 @@
 //! A drop-in server for Blender Multi-User's `replication` 0.9.10 protocol.
 
 pub mod config;
+pub mod delta;
 pub mod health;
 pub mod heartbeat;
 pub mod net;

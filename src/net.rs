@@ -60,7 +60,7 @@ pub enum Inbound {
     },
     Update {
         peer: PeerId,
-        update: Update,
+        update: Box<Update>,
         frames: Arc<Vec<Bytes>>,
     },
     Heartbeat(HeartbeatEvent),
@@ -482,7 +482,7 @@ impl Worker {
                 match Update::decode(&frames) {
                     Ok(update) => self.forward(Inbound::Update {
                         peer,
-                        update,
+                        update: Box::new(update),
                         frames: Arc::new(frames),
                     }),
                     Err(e) => {

@@ -35,7 +35,7 @@ fn dispatch(session: &mut SessionState, net: &mut Network) {
 fn handle(session: &mut SessionState, event: Inbound) {
     match event {
         Inbound::Command { peer, command } => session.handle_command(peer, command),
-        Inbound::Update { peer, update, frames } => session.handle_update(peer, update, frames),
+        Inbound::Update { peer, update, frames } => session.handle_update(peer, *update, frames),
         Inbound::Heartbeat(event) => session.handle_heartbeat(event),
     }
 }

@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 
+use crate::delta::{Delta, DeltaError};
 use crate::pickle::{self, Allow, DecodeError, Value};
 
 pub const TYPE_COMMIT: i64 = 1;
@@ -95,6 +96,8 @@ pub enum WireError {
     Pickle { what: &'static str, source: DecodeError },
     #[error("dependencies must be a list of str or None, got {0}")]
     BadDependencies(&'static str),
+    #[error("{0}")]
+    Delta(String),
 }
 
 /// The pickled type number frame, as the clients write it.
@@ -277,6 +280,8 @@ pub struct CommitFrames {
     pub dependencies: Dependencies,
     pub raw_dependencies: Bytes,
     pub raw_delta: Bytes,
+    /// The delta, parsed at the edge so the session only applies it.
+    pub delta: Delta,
 }
 
 impl CommitFrames {
@@ -284,12 +289,16 @@ impl CommitFrames {
         expect_frames(frames, "Commit", 4)?;
         let node_id = utf8(&frames[1], "commit node id", MAX_UUID_LEN)?;
         let dependencies = decode_dependencies(&frames[2])?;
-        pickle::decode(&frames[3], Allow::Delta).map_err(|source| WireError::Pickle { what: "delta", source })?;
+        let delta = Delta::decode(&frames[3]).map_err(|e| match e {
+            DeltaError::Pickle(source) => WireError::Pickle { what: "delta", source },
+            other => WireError::Delta(other.to_string()),
+        })?;
         Ok(CommitFrames {
             node_id,
             dependencies,
             raw_dependencies: frames[2].clone(),
             raw_delta: frames[3].clone(),
+            delta,
         })
     }
 }

@@ -61,6 +61,17 @@ type Result<T> = std::result::Result<T, DecodeError>;
 
 /// Decodes one pickle into a value tree.
 pub fn decode(input: &[u8], allow: Allow) -> Result<Value> {
+    decode_with_info(input, allow).map(|(v, _)| v)
+}
+
+/// What a decode saw besides the value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeInfo {
+    /// An `OrderedDictPlus` was built: the pickle comes from deepdiff 5.
+    pub ordered_dict_plus: bool,
+}
+
+pub fn decode_with_info(input: &[u8], allow: Allow) -> Result<(Value, DecodeInfo)> {
     let mut machine = Machine {
         input,
         pos: 0,
@@ -71,9 +82,11 @@ pub fn decode(input: &[u8], allow: Allow) -> Result<Value> {
         arena: Vec::new(),
         refs: Vec::new(),
         budget: MAX_VALUES,
+        info: DecodeInfo::default(),
     };
     let top = machine.run()?;
-    machine.materialize(top, 0)
+    let info = machine.info;
+    Ok((machine.materialize(top, 0)?, info))
 }
 
 #[derive(Clone)]
@@ -110,6 +123,7 @@ struct Machine<'a> {
     /// How many places hold each arena entry; the last one moves it out.
     refs: Vec<u32>,
     budget: usize,
+    info: DecodeInfo,
 }
 
 impl<'a> Machine<'a> {
@@ -511,6 +525,7 @@ impl<'a> Machine<'a> {
                             }
                             let c = self.new_container(Container::Dict(Vec::new()))?;
                             self.stack.push(c);
+                            self.info.ordered_dict_plus = true;
                         }
                         _ => return Err(DecodeError::ForbiddenCall(offset)),
                     }

@@ -5,7 +5,7 @@ mod decode;
 mod encode;
 mod value;
 
-pub use decode::{Allow, DecodeError, MAX_DEPTH, MAX_VALUES, decode};
+pub use decode::{Allow, DecodeError, DecodeInfo, MAX_DEPTH, MAX_VALUES, decode, decode_with_info};
 pub use encode::encode;
 pub use value::{BuiltinType, Global, Object, Value, dict};
 

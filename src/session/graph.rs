@@ -4,30 +4,85 @@
 use bytes::Bytes;
 use indexmap::IndexMap;
 
+use crate::delta::{self, Abort};
+use crate::pickle::{self, Allow, Value};
 use crate::wire::{self, CommitFrames, Dependencies, NodeFrames};
 
 pub const RP_COMMON: &str = "COMMON";
 
-/// A node as the server stores it: the client's bytes for the data, so that
-/// serving it to a joining client costs no encoding.
+/// A node as the server stores it. Nodes nobody patches keep only the
+/// client's bytes, so serving them costs no encoding; a node that receives
+/// commits is decoded once and keeps its value, and is re-encoded only when
+/// a client or a snapshot needs the bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredNode {
     pub owner: String,
     pub dependencies: Dependencies,
     pub raw_dependencies: Bytes,
-    pub raw_data: Bytes,
+    raw_data: Option<Bytes>,
+    value: Option<Value>,
 }
 
 impl StoredNode {
-    pub fn frames(&self, uuid: &str) -> Vec<Bytes> {
+    pub fn new(owner: String, dependencies: Dependencies, raw_dependencies: Bytes, raw_data: Bytes) -> Self {
+        StoredNode {
+            owner,
+            dependencies,
+            raw_dependencies,
+            raw_data: Some(raw_data),
+            value: None,
+        }
+    }
+
+    /// The pickled data, encoding the patched value if it changed.
+    pub fn raw_data(&mut self) -> Bytes {
+        if let Some(raw) = &self.raw_data {
+            return raw.clone();
+        }
+        let raw = Bytes::from(pickle::encode(self.value.as_ref().unwrap_or(&Value::None)));
+        self.raw_data = Some(raw.clone());
+        raw
+    }
+
+    /// The decoded data, decoding the client's bytes on first use.
+    pub fn value(&mut self) -> Result<&Value, pickle::DecodeError> {
+        if self.value.is_none() {
+            let raw = self.raw_data.as_ref().map(|b| &b[..]).unwrap_or(b"\x80\x04N.");
+            self.value = Some(pickle::decode(raw, Allow::Data)?);
+        }
+        Ok(self.value.get_or_insert(Value::None))
+    }
+
+    fn set_raw(&mut self, raw: Bytes) {
+        self.raw_data = Some(raw);
+        self.value = None;
+    }
+
+    pub fn set_value(&mut self, value: Value) {
+        self.value = Some(value);
+        self.raw_data = None;
+    }
+
+    pub fn frames(&mut self, uuid: &str) -> Vec<Bytes> {
         vec![
             wire::type_frame(wire::TYPE_NODE),
             Bytes::copy_from_slice(uuid.as_bytes()),
             Bytes::copy_from_slice(self.owner.as_bytes()),
             self.raw_dependencies.clone(),
-            self.raw_data.clone(),
+            self.raw_data(),
         ]
     }
+}
+
+/// Why a commit was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("the server does not hold this node")]
+    UnknownNode,
+    #[error("the stored node data cannot be decoded: {0}")]
+    Stored(#[from] pickle::DecodeError),
+    #[error(transparent)]
+    Delta(#[from] Abort),
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +101,10 @@ impl Graph {
 
     pub fn get(&self, uuid: &str) -> Option<&StoredNode> {
         self.nodes.get(uuid)
+    }
+
+    pub fn get_mut(&mut self, uuid: &str) -> Option<&mut StoredNode> {
+        self.nodes.get_mut(uuid)
     }
 
     pub fn contains(&self, uuid: &str) -> bool {
@@ -67,32 +126,25 @@ impl Graph {
             Some(stored) => {
                 stored.dependencies = node.dependencies;
                 stored.raw_dependencies = node.raw_dependencies;
-                stored.raw_data = node.raw_data;
+                stored.set_raw(node.raw_data);
             }
             None => {
-                self.nodes.insert(
-                    node.uuid,
-                    StoredNode {
-                        owner: node.owner,
-                        dependencies: node.dependencies,
-                        raw_dependencies: node.raw_dependencies,
-                        raw_data: node.raw_data,
-                    },
-                );
+                let stored = StoredNode::new(node.owner, node.dependencies, node.raw_dependencies, node.raw_data);
+                self.nodes.insert(node.uuid, stored);
             }
         }
     }
 
-    /// Records a commit's dependencies. False when the node is unknown.
-    pub fn put_commit(&mut self, commit: &CommitFrames) -> bool {
-        match self.nodes.get_mut(&commit.node_id) {
-            Some(stored) => {
-                stored.dependencies = commit.dependencies.clone();
-                stored.raw_dependencies = commit.raw_dependencies.clone();
-                true
-            }
-            None => false,
-        }
+    /// Patches a node with a commit's delta, all or nothing: when Python
+    /// would abort, the node is left as it was. `log` gets the edits deepdiff
+    /// would have skipped.
+    pub fn apply_commit(&mut self, commit: &CommitFrames, log: &mut Vec<String>) -> Result<(), CommitError> {
+        let stored = self.nodes.get_mut(&commit.node_id).ok_or(CommitError::UnknownNode)?;
+        let patched = delta::apply(stored.value()?, &commit.delta, log)?;
+        stored.set_value(patched);
+        stored.dependencies = commit.dependencies.clone();
+        stored.raw_dependencies = commit.raw_dependencies.clone();
+        Ok(())
     }
 
     /// Removes a node and every reference to it. False when unknown.

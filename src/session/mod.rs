@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::pickle::Value;
 use crate::wire::{Command, CommandKind, Update};
 
-pub use graph::{Graph, RP_COMMON, StoredNode};
+pub use graph::{CommitError, Graph, RP_COMMON, StoredNode};
 
 /// The protocol version the clients must speak.
 pub const PROTOCOL_VERSION: &str = "0.9.10";
@@ -258,15 +258,32 @@ impl SessionState {
                 self.graph.put_node(node.clone());
             }
             Update::Commit(commit) => {
-                if !self.graph.put_commit(commit) {
-                    warn!(
-                        user = %self.username(&peer),
-                        node = %commit.node_id,
-                        "dropped a commit for a node the server does not hold (not relayed: clients crash on it)"
-                    );
-                    return;
+                let mut skipped = Vec::new();
+                match self.graph.apply_commit(commit, &mut skipped) {
+                    Ok(()) => {
+                        debug!(user = %self.username(&peer), node = %commit.node_id, "commit applied");
+                        for line in skipped {
+                            debug!(node = %commit.node_id, "delta edit skipped as deepdiff skips it: {line}");
+                        }
+                    }
+                    Err(CommitError::UnknownNode) => {
+                        warn!(
+                            user = %self.username(&peer),
+                            node = %commit.node_id,
+                            "dropped a commit for a node the server does not hold (not relayed: clients crash on it)"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(
+                            user = %self.username(&peer),
+                            node = %commit.node_id,
+                            reason = %e,
+                            "Corrupted data frame received, skipping it: the node is unchanged and the commit is not relayed"
+                        );
+                        return;
+                    }
                 }
-                debug!(user = %self.username(&peer), node = %commit.node_id, "commit relayed (delta not applied)");
             }
         }
         self.broadcast(Channel::Data, frames, Some(&peer));

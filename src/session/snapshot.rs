@@ -24,7 +24,7 @@ impl SessionState {
                     warn!(user = %self.username(peer), "snapshot GET without a node id, ignored");
                     return;
                 };
-                let node_data = match self.graph.get(uuid) {
+                let node_data = match self.graph.get_mut(uuid) {
                     Some(node) => Value::List(node.frames(uuid).iter().map(|f| Value::bytes(f)).collect()),
                     None => {
                         debug!(user = %self.username(peer), node = uuid, "snapshot: node no longer exists");

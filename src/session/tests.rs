@@ -422,10 +422,10 @@ fn node_update_is_relayed_to_others_only_and_keeps_owner() {
     let out = s.drain_out();
     assert_eq!(data_sent_to(&out, &peer(1)), vec![Arc::new(frames)]);
     assert!(data_sent_to(&out, &peer(2)).is_empty(), "no echo to the sender");
-    let stored = s.graph().get("n1").unwrap();
+    let stored = s.graph.get_mut("n1").unwrap();
     assert_eq!(stored.owner, "COMMON");
     assert_eq!(
-        pickle::decode(&stored.raw_data, pickle::Allow::Data).unwrap(),
+        pickle::decode(&stored.raw_data(), pickle::Allow::Data).unwrap(),
         Value::Int(2)
     );
 }
@@ -589,4 +589,53 @@ fn uploader_leaving_mid_init_resets_to_waiting() {
     s.handle_heartbeat(HeartbeatEvent::Lost(peer(1)));
     assert_eq!(s.state(), ServerState::Waiting);
     assert_eq!(login(&mut s, 2, "bob", true), "LOBBY");
+}
+
+fn commit_frames(node: &str, delta: &Value) -> Vec<Bytes> {
+    vec![
+        wire::type_frame(wire::TYPE_COMMIT),
+        Bytes::copy_from_slice(node.as_bytes()),
+        wire::encode_dependencies(&Some(vec!["dep".into()])),
+        Bytes::from(pickle::encode(delta)),
+    ]
+}
+
+#[test]
+fn commit_is_applied_and_relayed_or_rejected_whole() {
+    let mut s = session("");
+    login(&mut s, 1, "alice", true);
+    let base = dict([
+        ("loc", Value::List(vec![Value::Float(0.0)])),
+        ("t", Value::Tuple(vec![Value::Int(1)])),
+    ]);
+    init_session(&mut s, 1, &[("n1", base)]);
+    login(&mut s, 2, "bob", false);
+    s.drain_out();
+    let move_it = dict([(
+        "values_changed",
+        dict([("root['loc'][0]", dict([("new_value", Value::Float(2.5))]))]),
+    )]);
+    let frames = commit_frames("n1", &move_it);
+    s.handle_update(peer(1), Update::decode(&frames).unwrap(), Arc::new(frames.clone()));
+    let out = s.drain_out();
+    assert_eq!(data_sent_to(&out, &peer(2)), vec![Arc::new(frames)]);
+    let node = s.graph.get_mut("n1").unwrap();
+    assert_eq!(node.dependencies, Some(vec!["dep".into()]));
+    let expected = dict([
+        ("loc", Value::List(vec![Value::Float(2.5)])),
+        ("t", Value::Tuple(vec![Value::Int(1)])),
+    ]);
+    assert_eq!(node.value().unwrap(), &expected);
+    // Inserting into a tuple raises in Python: the whole patch is refused.
+    let bad = dict([
+        (
+            "values_changed",
+            dict([("root['loc'][0]", dict([("new_value", Value::Float(9.0))]))]),
+        ),
+        ("iterable_item_added", dict([("root['t'][0]", Value::Int(5))])),
+    ]);
+    let frames = commit_frames("n1", &bad);
+    s.handle_update(peer(1), Update::decode(&frames).unwrap(), Arc::new(frames));
+    assert!(s.drain_out().is_empty(), "an aborted commit is not relayed");
+    assert_eq!(s.graph.get_mut("n1").unwrap().value().unwrap(), &expected);
 }

@@ -1,0 +1,719 @@
+//! `base + Delta(delta)` as deepdiff computes it (mutate=False,
+//! raise_errors=False, log_errors=True), step by step and quirk by quirk.
+//! Failed reads and writes are logged and skipped, exactly where deepdiff
+//! logs and skips; what deepdiff lets escape aborts the whole patch.
+
+use std::borrow::Cow;
+
+use super::path::{self, Action, Dialect, Element};
+use super::pyops::{self, PyErr, PyResult, py_eq};
+use super::sort::py_sorted;
+use super::{Delta, IndexedItems, Opcode};
+use crate::pickle::{BuiltinType, Global, Value};
+
+/// Why a patch was aborted: the exception Python would raise.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Abort(pub String);
+
+fn abort<T>(msg: impl Into<String>) -> Result<T, Abort> {
+    Err(Abort(msg.into()))
+}
+
+struct Details {
+    elements: Vec<Element>,
+}
+
+impl Details {
+    fn n(&self) -> usize {
+        self.elements.len()
+    }
+    fn obj_loc(&self) -> &[Element] {
+        &self.elements[..self.n() - 1]
+    }
+    fn elem(&self) -> &Element {
+        &self.elements[self.n() - 1]
+    }
+}
+
+struct Patcher<'d> {
+    root: Value,
+    dialect: Dialect,
+    /// `post_process_paths_to_convert`: containers turned from tuple to list.
+    post: Vec<Vec<Element>>,
+    in_post: bool,
+    /// While post-processing: how many entries the iteration will visit.
+    post_end: usize,
+    /// While post-processing: the entry being processed.
+    post_cursor: usize,
+    log: &'d mut Vec<String>,
+}
+
+fn is_root_elem(e: &Element) -> bool {
+    e.1 == Action::GetAttr && e.0.as_str() == Some("root")
+}
+
+fn elements_eq(a: &[Element], b: &[Element]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.1 == y.1 && py_eq(&x.0, &y.0))
+}
+
+fn tuple_to_list(v: &Value) -> Value {
+    match v {
+        Value::Tuple(items) => Value::List(items.clone()),
+        other => other.clone(),
+    }
+}
+
+impl Patcher<'_> {
+    fn log(&mut self, msg: String) {
+        self.log.push(msg);
+    }
+
+    /// The object at a location; `[]` is the Delta object itself, which only
+    /// has `.root`.
+    fn get(&self, loc: &[Element]) -> PyResult<Cow<'_, Value>> {
+        let Some((first, rest)) = loc.split_first() else {
+            return Err(PyErr::Type("the Delta object itself is not data"));
+        };
+        if !is_root_elem(first) {
+            return Err(PyErr::Attribute);
+        }
+        let mut cur: Cow<'_, Value> = Cow::Borrowed(&self.root);
+        for (key, action) in rest {
+            if *action == Action::GetAttr {
+                return Err(PyErr::Attribute);
+            }
+            cur = match cur {
+                Cow::Borrowed(v) => match v {
+                    Value::Dict(_) | Value::List(_) | Value::Tuple(_) => Cow::Borrowed(get_ref(v, key)?),
+                    other => Cow::Owned(pyops::get_item(other, key)?),
+                },
+                Cow::Owned(v) => Cow::Owned(pyops::get_item(&v, key)?),
+            };
+        }
+        Ok(cur)
+    }
+
+    fn get_mut(&mut self, loc: &[Element]) -> PyResult<&mut Value> {
+        let Some((first, rest)) = loc.split_first() else {
+            return Err(PyErr::Type("the Delta object itself is not data"));
+        };
+        if !is_root_elem(first) {
+            return Err(PyErr::Attribute);
+        }
+        let mut cur = &mut self.root;
+        for (key, action) in rest {
+            if *action == Action::GetAttr {
+                return Err(PyErr::Attribute);
+            }
+            cur = pyops::get_item_mut(cur, key)?;
+        }
+        Ok(cur)
+    }
+
+    /// `obj[elem]` (or `getattr`) where obj is at `obj_loc`.
+    fn read(&self, obj_loc: &[Element], elem: &Element) -> PyResult<Value> {
+        if obj_loc.is_empty() {
+            return if is_root_elem(elem) {
+                Ok(self.root.clone())
+            } else {
+                Err(PyErr::Attribute)
+            };
+        }
+        if elem.1 == Action::GetAttr {
+            return Err(PyErr::Attribute);
+        }
+        let obj = self.get(obj_loc)?;
+        pyops::get_item(&obj, &elem.0)
+    }
+
+    /// `_get_elements_and_details`.
+    fn details(&mut self, elements: Vec<Element>, path: &str) -> Option<Details> {
+        let n = elements.len();
+        if n > 1 {
+            // An empty location is the Delta object, which always exists.
+            if let Err(e) = if n > 2 {
+                self.get(&elements[..n - 2]).map(|_| ())
+            } else {
+                Ok(())
+            } {
+                self.log(format!("Unable to get the item at {path}: {e}"));
+                return None;
+            }
+            if self.read(&elements[..n - 2], &elements[n - 2]).is_err() {
+                self.log(format!("Unable to get the item at {path}"));
+                return None;
+            }
+        }
+        Some(Details { elements })
+    }
+
+    fn details_for(&mut self, path: &str) -> Option<Details> {
+        let elements = path::parse(path, self.dialect);
+        self.details(elements, path)
+    }
+
+    /// `_simple_set_elem_value`. False when the write failed (logged).
+    fn simple_set(&mut self, obj_loc: &[Element], elem: &Element, value: Value, path: &str) -> bool {
+        if obj_loc.is_empty() {
+            if is_root_elem(elem) {
+                self.root = value;
+                return true;
+            }
+            self.log(format!("Failed to set {path} due to AttributeError"));
+            return false;
+        }
+        if elem.1 == Action::GetAttr {
+            self.log(format!("Failed to set {path} due to AttributeError"));
+            return false;
+        }
+        let result = match self.get_mut(obj_loc) {
+            Ok(obj) => {
+                let len = pyops::py_len(obj).ok();
+                match pyops::set_item(obj, &elem.0, value.clone()) {
+                    Err(PyErr::Index) => {
+                        if len.is_some_and(|l| py_eq(&elem.0, &Value::Int(l as i64))) {
+                            if let Value::List(items) = obj {
+                                items.push(value);
+                            }
+                            Ok(())
+                        } else {
+                            self.log.push(format!(
+                                "Key or index of {} is not found for {path} for setting operation.",
+                                super::repr::py_repr(&elem.0)
+                            ));
+                            return false;
+                        }
+                    }
+                    other => other,
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.log(format!("Failed to set {path} due to {e}"));
+                false
+            }
+        }
+    }
+
+    /// Records a container turned from tuple into list, to be turned back.
+    fn register_post(&mut self, loc: &[Element]) -> Result<(), Abort> {
+        if self.post.iter().any(|p| elements_eq(p, loc)) {
+            return Ok(());
+        }
+        if self.in_post {
+            // deepdiff 5 keeps these in an OrderedDict, whose iterator has
+            // already finished when the last entry adds one; a dict raises.
+            let on_last_entry = self.post_cursor + 1 == self.post_end;
+            if self.dialect == Dialect::V8 || !on_last_entry {
+                return abort("RuntimeError: dictionary changed size during iteration");
+            }
+        }
+        self.post.push(loc.to_vec());
+        Ok(())
+    }
+
+    /// `_set_new_value`.
+    fn set_new_value(&mut self, d: &Details, new_value: Value, path: &str) -> Result<(), Abort> {
+        let n = d.n();
+        if n >= 2 {
+            let obj_is_tuple = matches!(self.get(d.obj_loc()).as_deref(), Ok(Value::Tuple(_)));
+            if obj_is_tuple {
+                self.register_post(d.obj_loc())?;
+                let list = match self.get(d.obj_loc()) {
+                    Ok(v) => tuple_to_list(&v),
+                    Err(_) => return Ok(()),
+                };
+                let parent_loc = &d.elements[..n - 2];
+                let parent_elem = &d.elements[n - 2];
+                if !self.simple_set(parent_loc, parent_elem, list, path) {
+                    // The list is now detached from the tree; writing into it
+                    // changes nothing anyone can see.
+                    return Ok(());
+                }
+            }
+        }
+        self.simple_set(d.obj_loc(), d.elem(), new_value, path);
+        Ok(())
+    }
+
+    /// Steps 1 and 3: values_changed and type_changes.
+    fn values_or_types(&mut self, changes: &[(String, Change)], is_type_change: bool) -> Result<(), Abort> {
+        for (path, change) in changes {
+            let Some(d) = self.details_for(path) else { continue };
+            let current = match self.read(d.obj_loc(), d.elem()) {
+                Ok(v) => v,
+                Err(_) => {
+                    self.log(format!("Unable to get the item at {path}"));
+                    continue;
+                }
+            };
+            let new_value = match (&change.new_value, is_type_change) {
+                (Some(v), _) => v.clone(),
+                (None, true) => match pyops::convert(&change.new_type, &current) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.log(format!("Unable to do the type change for {path} due to {e}"));
+                        continue;
+                    }
+                },
+                (None, false) => return abort(format!("KeyError: 'new_value' in values_changed[{path}]")),
+            };
+            self.set_new_value(&d, new_value, path)?;
+        }
+        Ok(())
+    }
+
+    /// Step 4: `_iterable_opcodes` (deepdiff 8).
+    fn opcodes(&mut self, items: &[(String, Vec<Opcode>)]) -> Result<(), Abort> {
+        for (path, opcodes) in items {
+            let Some(d) = self.details_for(path) else { continue };
+            let n = d.n();
+            let obj = match self.get(&d.elements) {
+                Ok(v) => v.into_owned(),
+                Err(e) => return abort(format!("{e} while reading {path}")),
+            };
+            let is_tuple = matches!(obj, Value::Tuple(_));
+            let mut transformed: Vec<Value> = Vec::new();
+            for op in opcodes {
+                match op.tag.as_str() {
+                    "replace" | "insert" => match &op.new_values {
+                        Value::List(v) | Value::Tuple(v) => transformed.extend(v.iter().cloned()),
+                        Value::Dict(v) => transformed.extend(v.iter().map(|(k, _)| k.clone())),
+                        Value::Str(_) | Value::Bytes(_) => {
+                            transformed.extend(pyops::iterate(&op.new_values).unwrap_or_default())
+                        }
+                        _ => return abort("TypeError: opcode new_values is not iterable"),
+                    },
+                    "equal" => match &obj {
+                        Value::List(v) | Value::Tuple(v) => {
+                            let len = v.len() as i64;
+                            let clamp = |i: i64| -> usize {
+                                let j = if i < 0 { (i + len).max(0) } else { i.min(len) };
+                                j as usize
+                            };
+                            let (a, b) = (clamp(op.t1_from), clamp(op.t1_to));
+                            if a < b {
+                                transformed.extend(v[a..b].iter().cloned());
+                            }
+                        }
+                        _ => return abort("TypeError: cannot slice this object"),
+                    },
+                    _ => {}
+                }
+            }
+            if is_tuple {
+                // deepdiff writes the unchanged tuple over the list's parent.
+                let (parent_loc, parent_elem) = if n >= 2 {
+                    (d.elements[..n - 2].to_vec(), d.elements[n - 2].clone())
+                } else {
+                    (Vec::new(), d.elements[0].clone())
+                };
+                self.simple_set(&parent_loc, &parent_elem, obj, path);
+            } else {
+                match self.get_mut(&d.elements) {
+                    Ok(Value::List(items)) => *items = transformed,
+                    _ => return abort(format!("TypeError: object does not support slice assignment at {path}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sort_paths<T: Clone>(&self, items: &[(String, T)], reverse: bool) -> Result<Vec<(String, T)>, Abort> {
+        let keyed: Vec<(Vec<Value>, (String, T))> = items
+            .iter()
+            .map(|(p, v)| {
+                let key = path::parse(p, self.dialect).into_iter().map(|(e, _)| e).collect();
+                (key, (p.clone(), v.clone()))
+            })
+            .collect();
+        match py_sorted(keyed.clone(), reverse, |a, b| pyops::seq_lt(&a.0, &b.0)) {
+            Ok(sorted) => return Ok(sorted.into_iter().map(|(_, x)| x).collect()),
+            Err(e) if self.dialect == Dialect::V5 => return abort(format!("TypeError while sorting paths: {e}")),
+            Err(_) => {}
+        }
+        // deepdiff 8 retries with a comparison function that itself raises
+        // whenever the first elements of an incomparable pair share a type.
+        let sorted = py_sorted(keyed, reverse, |a, b| Ok(sort_comparison(&a.0[1..], &b.0[1..])? < 0))
+            .map_err(|_| Abort("TypeError: argument of type 'NoneType' is not iterable".into()))?;
+        Ok(sorted.into_iter().map(|(_, x)| x).collect())
+    }
+
+    /// Steps 5 and 9: `_do_item_removed`.
+    fn items_removed(&mut self, items: &[(String, Value)]) -> Result<(), Abort> {
+        for (path, expected) in self.sort_paths(items, true)? {
+            let Some(d) = self.details_for(&path) else { continue };
+            let mut elem = d.elem().clone();
+            match self.dialect {
+                Dialect::V8 => {
+                    let current = self.read(d.obj_loc(), &elem).ok();
+                    let look = current.as_ref().is_none_or(|c| !py_eq(c, &expected));
+                    let mut found = current.is_some();
+                    let obj_is_list = matches!(self.get(d.obj_loc()).as_deref(), Ok(Value::List(_)));
+                    if look && obj_is_list {
+                        let obj = self.get(d.obj_loc()).map(Cow::into_owned).unwrap_or(Value::None);
+                        match closest_index(&obj, &elem.0, &expected)? {
+                            Some(i) => {
+                                elem.0 = Value::Int(i as i64);
+                                found = true;
+                            }
+                            None => continue,
+                        }
+                    }
+                    // deepdiff 8 tests `elem is None`, which a None key also meets.
+                    if !found || elem.0 == Value::None {
+                        continue;
+                    }
+                }
+                Dialect::V5 => {
+                    if self.read(d.obj_loc(), &elem).is_err() {
+                        self.log(format!("Unable to get the item at {path}"));
+                        continue;
+                    }
+                }
+            }
+            self.del_elem(&d, &elem, &path)?;
+        }
+        Ok(())
+    }
+
+    /// `_del_elem`.
+    fn del_elem(&mut self, d: &Details, elem: &Element, path: &str) -> Result<(), Abort> {
+        let n = d.n();
+        let obj = match self.get(d.obj_loc()) {
+            Ok(v) => v.into_owned(),
+            Err(_) => return Ok(()),
+        };
+        let mut target = if let Value::Tuple(items) = &obj {
+            self.register_post(d.obj_loc())?;
+            Some(Value::List(items.clone()))
+        } else {
+            None
+        };
+        if elem.1 == Action::GetAttr {
+            self.log(format!("Failed to set {path} due to AttributeError"));
+            return Ok(());
+        }
+        let result = match target.as_mut() {
+            Some(list) => pyops::del_item(list, &elem.0),
+            None => match self.get_mut(d.obj_loc()) {
+                Ok(o) => pyops::del_item(o, &elem.0),
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(()) => {}
+            Err(PyErr::Type(m)) => return abort(format!("TypeError: {m} at {path}")),
+            Err(e) => self.log(format!("Failed to set {path} due to {e}")),
+        }
+        if let Some(list) = target
+            && n >= 2
+        {
+            let parent_loc = d.elements[..n - 2].to_vec();
+            let parent_elem = d.elements[n - 2].clone();
+            self.simple_set(&parent_loc, &parent_elem, list, path);
+        }
+        Ok(())
+    }
+
+    /// Steps 6 and 8: `_do_item_added`.
+    fn items_added(&mut self, items: &[(String, Value)], sort: bool, insert: bool) -> Result<(), Abort> {
+        let ordered = if sort {
+            self.sort_paths(items, false)?
+        } else {
+            items.to_vec()
+        };
+        for (path, value) in ordered {
+            let Some(d) = self.details_for(&path) else { continue };
+            if insert {
+                let obj = self
+                    .get(d.obj_loc())
+                    .map(Cow::into_owned)
+                    .map_err(|e| Abort(format!("{e}")))?;
+                let len = pyops::py_len(&obj).map_err(|e| Abort(format!("{e} at {path}")))?;
+                let below = pyops::py_lt(&d.elem().0, &Value::Int(len as i64)).map_err(|e| Abort(format!("{e}")))?;
+                if below {
+                    match self.get_mut(d.obj_loc()) {
+                        Ok(Value::List(list)) => {
+                            let i = match &d.elem().0 {
+                                Value::Int(i) => *i,
+                                Value::Bool(b) => i64::from(*b),
+                                _ => return abort("TypeError: list indices must be integers"),
+                            };
+                            let l = list.len() as i64;
+                            let at = if i < 0 { (i + l).max(0) } else { i.min(l) };
+                            list.insert(at as usize, Value::None);
+                        }
+                        _ => return abort(format!("AttributeError: object has no attribute 'insert' at {path}")),
+                    }
+                }
+            }
+            self.set_new_value(&d, value, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Step 7: `_do_ignore_order`.
+    fn ignore_order(&mut self, added: &IndexedItems, removed: &IndexedItems) -> Result<(), Abort> {
+        let mut paths: Vec<&String> = Vec::new();
+        for (p, _) in added.iter().chain(removed) {
+            if !paths.contains(&p) {
+                paths.push(p);
+            }
+        }
+        for path in paths {
+            let probe = format!("{path}[0]");
+            let Some(d) = self.details_for(&probe) else { continue };
+            let n = d.n();
+            let container_loc = d.obj_loc().to_vec();
+            let obj = match self.get(&container_loc) {
+                Ok(v) => v.into_owned(),
+                Err(_) => continue,
+            };
+            let mut fixed: Vec<(Value, Value)> = added
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let mut remove: Vec<(Value, Value)> = removed
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let fixed_values = AnySet::new(fixed.iter().map(|(_, v)| v), self.dialect)?;
+            let old_len = pyops::py_len(&obj).map_err(|e| Abort(format!("{e}")))?;
+            let mut old_index = 0usize;
+            let mut there_are_old = old_len > 0;
+            let mut new_obj: Vec<Value> = Vec::new();
+            while there_are_old || !fixed.is_empty() {
+                let idx = Value::Int(new_obj.len() as i64);
+                if let Some(pos) = fixed.iter().position(|(k, _)| py_eq(k, &idx)) {
+                    new_obj.push(fixed.remove(pos).1);
+                } else if there_are_old {
+                    // The generator of old items that survive.
+                    let mut produced = None;
+                    while old_index < old_len {
+                        let i = old_index;
+                        old_index += 1;
+                        let current =
+                            pyops::get_item(&obj, &Value::Int(i as i64)).map_err(|e| Abort(format!("{e}")))?;
+                        if fixed_values.contains(&current, self.dialect)? {
+                            continue;
+                        }
+                        if let Some(pos) = remove.iter().position(|(k, _)| py_eq(k, &Value::Int(i as i64))) {
+                            let expected = remove.remove(pos).1;
+                            if py_eq(&current, &expected) {
+                                continue;
+                            }
+                            self.log(format!("Failed to remove index[{i}] on {path}."));
+                        }
+                        produced = Some(current);
+                        break;
+                    }
+                    match produced {
+                        Some(v) => new_obj.push(v),
+                        None => there_are_old = false,
+                    }
+                } else {
+                    self.log(format!("Delta added to an incompatible object at {path}."));
+                    new_obj.push(fixed.remove(0).1);
+                }
+            }
+            let new_value = if matches!(obj, Value::Tuple(_)) {
+                Value::Tuple(new_obj)
+            } else {
+                Value::List(new_obj)
+            };
+            let parent_loc = d.elements[..n - 2].to_vec();
+            let parent_elem = d.elements[n - 2].clone();
+            self.simple_set(&parent_loc, &parent_elem, new_value, path);
+        }
+        Ok(())
+    }
+
+    /// Step 10: tuples that were written through a list become tuples again.
+    fn post_process(&mut self) -> Result<(), Abort> {
+        self.in_post = true;
+        self.post_end = self.post.len();
+        let mut i = 0;
+        while i < self.post_end {
+            let loc = self.post[i].clone();
+            self.post_cursor = i;
+            i += 1;
+            let path = format!(
+                "{:?}",
+                loc.iter().map(|(e, _)| super::repr::py_repr(e)).collect::<Vec<_>>()
+            );
+            let Some(d) = self.details(loc, &path) else { continue };
+            let current = match self.read(d.obj_loc(), d.elem()) {
+                Ok(v) => v,
+                Err(_) => {
+                    self.log(format!("Unable to get the item at {path}"));
+                    continue;
+                }
+            };
+            let new_value = match pyops::convert(&Value::Global(Global::Builtin(BuiltinType::Tuple)), &current) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.log(format!("Unable to do the type change for {path} due to {e}"));
+                    continue;
+                }
+            };
+            self.set_new_value(&d, new_value, &path)?;
+        }
+        Ok(())
+    }
+}
+
+fn get_ref<'v>(obj: &'v Value, key: &Value) -> PyResult<&'v Value> {
+    match obj {
+        Value::Dict(items) => match pyops::dict_find(items, key)? {
+            Some(i) => Ok(&items[i].1),
+            None => Err(PyErr::Key),
+        },
+        Value::List(items) | Value::Tuple(items) => Ok(&items[pyops::seq_index(items.len(), key)?]),
+        _ => Err(PyErr::Type("object is not subscriptable")),
+    }
+}
+
+/// `_find_closest_iterable_element_for_index`.
+fn closest_index(obj: &Value, elem: &Value, expected: &Value) -> Result<Option<usize>, Abort> {
+    let Value::List(items) = obj else { return Ok(None) };
+    let target = match elem {
+        Value::Int(i) => *i as f64,
+        Value::Bool(b) => f64::from(u8::from(*b)),
+        Value::Float(f) => *f,
+        _ => return abort("TypeError: unsupported operand type(s) for -"),
+    };
+    let mut closest = None;
+    let mut best = f64::INFINITY;
+    for (i, v) in items.iter().enumerate() {
+        let dist = (i as f64 - target).abs();
+        if dist > best {
+            break;
+        }
+        if dist < best && py_eq(v, expected) {
+            closest = Some(i);
+            best = dist;
+        }
+    }
+    Ok(closest)
+}
+
+/// deepdiff 8's `_sort_comparison`, on paths without their root.
+fn sort_comparison(left: &[Value], right: &[Value]) -> Result<i32, PyErr> {
+    match pyops::seq_lt(left, right) {
+        Ok(true) => return Ok(-1),
+        Ok(false) => match pyops::seq_lt(right, left) {
+            Ok(true) => return Ok(1),
+            Ok(false) => return Ok(0),
+            Err(_) => {}
+        },
+        Err(_) => {}
+    }
+    let n = left.len().min(right.len());
+    for (l, r) in left[..n].iter().zip(&right[..n]) {
+        if std::mem::discriminant(l) == std::mem::discriminant(r)
+            || (matches!(l, Value::Int(_) | Value::BigInt(_)) && matches!(r, Value::Int(_) | Value::BigInt(_)))
+        {
+            return Err(PyErr::Type("argument of type 'NoneType' is not iterable"));
+        }
+        let (ls, rs) = (Value::str(&super::repr::py_str(l)), Value::str(&super::repr::py_str(r)));
+        if pyops::py_lt(&ls, &rs)? {
+            return Ok(-1);
+        }
+        if pyops::py_lt(&rs, &ls)? {
+            return Ok(1);
+        }
+    }
+    Ok(0)
+}
+
+/// deepdiff's AnySet: hashable members by hash/eq, the others by DeepHash.
+struct AnySet {
+    hashable: Vec<Value>,
+    deep: Vec<String>,
+}
+
+impl AnySet {
+    fn new<'a>(items: impl Iterator<Item = &'a Value>, dialect: Dialect) -> Result<Self, Abort> {
+        let mut set = AnySet {
+            hashable: Vec::new(),
+            deep: Vec::new(),
+        };
+        for v in items {
+            if pyops::is_hashable(v) {
+                if !set.hashable.iter().any(|h| py_eq(h, v)) {
+                    set.hashable.push(v.clone());
+                }
+            } else {
+                set.deep.push(deep_hash(v, dialect)?);
+            }
+        }
+        Ok(set)
+    }
+
+    fn contains(&self, v: &Value, dialect: Dialect) -> Result<bool, Abort> {
+        if pyops::is_hashable(v) {
+            Ok(self.hashable.iter().any(|h| py_eq(h, v)))
+        } else {
+            let key = deep_hash(v, dialect)?;
+            Ok(self.deep.contains(&key))
+        }
+    }
+}
+
+fn has_non_utf8_bytes(v: &Value) -> bool {
+    match v {
+        Value::Bytes(b) => std::str::from_utf8(b).is_err(),
+        Value::List(items) | Value::Tuple(items) => items.iter().any(has_non_utf8_bytes),
+        Value::Dict(items) => items
+            .iter()
+            .any(|(k, x)| has_non_utf8_bytes(k) || has_non_utf8_bytes(x)),
+        _ => false,
+    }
+}
+
+fn deep_hash(v: &Value, dialect: Dialect) -> Result<String, Abort> {
+    if dialect == Dialect::V5 && has_non_utf8_bytes(v) {
+        return abort("UnicodeDecodeError in DeepHash");
+    }
+    Ok(pyops::deep_hash_key(v))
+}
+
+/// One values_changed / type_changes entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub new_value: Option<Value>,
+    pub new_type: Value,
+}
+
+/// Applies a parsed delta to a copy of `base`. Log lines are what deepdiff
+/// would log for edits it skipped.
+pub fn apply(base: &Value, delta: &Delta, log: &mut Vec<String>) -> Result<Value, Abort> {
+    let mut p = Patcher {
+        root: base.clone(),
+        dialect: delta.dialect,
+        post: Vec::new(),
+        in_post: false,
+        post_end: 0,
+        post_cursor: 0,
+        log,
+    };
+    p.values_or_types(&delta.values_changed, false)?;
+    p.values_or_types(&delta.type_changes, true)?;
+    if p.dialect == Dialect::V8 {
+        p.opcodes(&delta.iterable_opcodes)?;
+    }
+    p.items_removed(&delta.iterable_item_removed)?;
+    p.items_added(&delta.iterable_item_added, true, true)?;
+    p.ignore_order(&delta.items_added_at_indexes, &delta.items_removed_at_indexes)?;
+    p.items_added(&delta.dictionary_item_added, false, false)?;
+    p.items_removed(&delta.dictionary_item_removed)?;
+    p.post_process()?;
+    Ok(p.root)
+}
