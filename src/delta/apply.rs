@@ -485,9 +485,10 @@ impl Patcher<'_> {
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default();
             let fixed_values = AnySet::new(fixed.iter().map(|(_, v)| v), self.dialect)?;
-            let old_len = pyops::py_len(&obj).map_err(|e| Abort(format!("{e}")))?;
+            // The generator of old items only asks len() once it runs.
+            let mut old_len: Option<usize> = None;
             let mut old_index = 0usize;
-            let mut there_are_old = old_len > 0;
+            let mut there_are_old = pyops::truthy(&obj);
             let mut new_obj: Vec<Value> = Vec::new();
             while there_are_old || !fixed.is_empty() {
                 let idx = Value::Int(new_obj.len() as i64);
@@ -496,6 +497,10 @@ impl Patcher<'_> {
                 } else if there_are_old {
                     // The generator of old items that survive.
                     let mut produced = None;
+                    let old_len = match old_len {
+                        Some(n) => n,
+                        None => *old_len.insert(pyops::py_len(&obj).map_err(|e| Abort(format!("{e}")))?),
+                    };
                     while old_index < old_len {
                         let i = old_index;
                         old_index += 1;
@@ -678,8 +683,9 @@ fn has_non_utf8_bytes(v: &Value) -> bool {
     }
 }
 
-fn deep_hash(v: &Value, dialect: Dialect) -> Result<String, Abort> {
-    if dialect == Dialect::V5 && has_non_utf8_bytes(v) {
+/// DeepHash decodes bytes as UTF-8 (both versions) and raises on failure.
+fn deep_hash(v: &Value, _dialect: Dialect) -> Result<String, Abort> {
+    if has_non_utf8_bytes(v) {
         return abort("UnicodeDecodeError in DeepHash");
     }
     Ok(pyops::deep_hash_key(v))

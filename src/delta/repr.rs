@@ -18,7 +18,13 @@ pub fn float_repr(f: f64) -> String {
             "0.0".into()
         };
     }
-    let sci = format!("{:e}", f.abs());
+    let mut sci = format!("{:e}", f.abs());
+    if sci.split_once('e').is_some_and(|(m, _)| m.len() > 17) {
+        // Seventeen digits: the shortest form is not unique, and CPython
+        // picks the correctly rounded one (ties to even), as exact
+        // formatting does.
+        sci = format!("{:.16e}", f.abs());
+    }
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
@@ -210,6 +216,8 @@ mod tests {
             (5e-324, "5e-324"),
             (1.7976931348623157e308, "1.7976931348623157e+308"),
             (100.0, "100.0"),
+            // An f32 widened to f64 that lies exactly between two 17-digit forms.
+            (f64::from(-27.902_542_f32), "-27.902542114257812"),
         ] {
             assert_eq!(float_repr(f), want);
         }

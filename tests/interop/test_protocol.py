@@ -258,3 +258,59 @@ def test_oversize_message_is_refused_and_server_keeps_serving(make_server, clien
     assert bob.pump(active(bob), 10)
     assert sorted(bob.repo.graph.keys()) == sorted(ids)
     big.close()
+
+
+def test_commits_are_applied_so_late_joiners_get_the_latest_data(server, clients):
+    alice = clients(server, "alice", admin=True)
+    assert alice.pump(lambda: alice.state == STATE_LOBBY, 5)
+    cube = alice.add("Cube", {
+        "location": [0.0, 0.0, 0.0], "rotation_euler": [0.0, 0.0, 0.0], "scale": [1.0, 1.0, 1.0],
+        "modifiers": {}, "parent_uid": ("abc", "Root"), "vertex_groups": {0: {"name": "G", "vertices": [(0, 1.0)]}},
+        "animation_data": {"action": {"fcurves": [{"data_path": "location", "keyframe_points": []}]}},
+    })
+    alice.init_session()
+    bob = clients(server, "bob")
+    assert pump_all([alice, bob], active(bob), 10)
+    block = alice.repo.graph.get(cube).instance
+    edits = [
+        lambda p: p["location"].__setitem__(0, 2.5),                       # move
+        lambda p: p["modifiers"].__setitem__("Subdivision", {"type": "SUBSURF", "levels": 2}),  # add modifier
+        lambda p: block.__setattr__("name", "Cube.renamed"),               # rename
+        lambda p: p["animation_data"]["action"]["fcurves"][0]["keyframe_points"].extend(
+            [{"co": [1.0, 0.0]}, {"co": [24.0, 2.5]}]),                    # keyframes
+        lambda p: p.__setitem__("parent_uid", ("def", "Other")),           # tuple change
+        lambda p: p["vertex_groups"].__setitem__(1, {"name": "H", "vertices": []}),  # int key
+        lambda p: p["location"].insert(1, -1.0),                           # list insert
+    ]
+    for edit in edits:
+        edit(block.props)
+        alice.commit_push(cube)
+        expected = alice.node_data(cube)
+        assert pump_all([alice, bob], lambda: bob.node_data(cube) == expected, 5)
+    late = clients(server, "carol")
+    assert late.pump(active(late), 10)
+    assert late.node_data(cube) == alice.node_data(cube)
+    assert type(late.node_data(cube)["parent_uid"]) is tuple
+    assert late.node_data(cube)["name"] == "Cube.renamed"
+
+
+def test_commit_that_python_would_abort_is_not_relayed(server, clients):
+    from replication.objects import Commit
+    from deepdiff import Delta
+    alice, ids = start_session(server, clients)
+    bob = clients(server, "bob")
+    assert pump_all([alice, bob], active(bob), 10)
+    before = bob.node_data(ids[0])
+    # Inserting into a tuple raises inside deepdiff: the Python server drops
+    # such a commit, and so must we (and keep the node as it was).
+    commit = Commit()
+    commit.node_id = ids[0]
+    commit.deps = []
+    commit.delta = Delta({"iterable_item_added": {"root['layers'][0]": 9}})
+    alice.repo.push(alice.repo.remote.data, commit)
+    pump_all([alice, bob], lambda: False, 1.0)
+    assert bob.node_data(ids[0]) == before
+    assert "Corrupted data frame received" in server.logs()
+    carol = clients(server, "carol")
+    assert carol.pump(active(carol), 10)
+    assert carol.node_data(ids[0]) == alice.node_data(ids[0])

@@ -1,0 +1,111 @@
+//! Delta decode + apply on Blender-shaped cases, next to Python's deepdiff
+//! 8.1.1 doing the same work on the same cases (measured through the
+//! add-on venv, when it is there).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use replication_server::delta::apply_delta;
+use replication_server::pickle::{self, Allow, Value};
+
+const CASES: usize = 300;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn load_cases(dir: &Path) -> Vec<(Value, Vec<u8>)> {
+    let mut ids: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".delta.pkl").map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids.iter()
+        .filter(|id| dir.join(format!("{id}.result.pkl")).exists())
+        .map(|id| {
+            let base = std::fs::read(dir.join(format!("{id}.base.pkl"))).unwrap();
+            let delta = std::fs::read(dir.join(format!("{id}.delta.pkl"))).unwrap();
+            (pickle::decode(&base, Allow::Data).unwrap(), delta)
+        })
+        .collect()
+}
+
+const PY_TIMER: &str = r#"
+import glob, pickle, sys, time
+from deepdiff import Delta
+cases = []
+for d in sorted(glob.glob(sys.argv[1] + '/*.delta.pkl')):
+    r = d[:-len('.delta.pkl')] + '.result.pkl'
+    try:
+        open(r, 'rb').close()
+    except OSError:
+        continue
+    cases.append((pickle.loads(open(d[:-len('.delta.pkl')] + '.base.pkl', 'rb').read()), open(d, 'rb').read()))
+best = None
+for _ in range(5):
+    t = time.perf_counter()
+    for base, raw in cases:
+        base + Delta(raw)
+    el = time.perf_counter() - t
+    best = el if best is None or el < best else best
+print(best / len(cases) * 1e6)
+"#;
+
+fn bench_delta(c: &mut Criterion) {
+    let python = root().join(".venv/addon/bin/python");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-delta-cases");
+    if !python.exists() {
+        eprintln!("skipping: {} missing (run scripts/setup-venvs.sh)", python.display());
+        return;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let ok = Command::new(&python)
+        .arg(root().join("tests/support/delta_cases.py"))
+        .arg(&dir)
+        .arg(CASES.to_string())
+        .arg("5")
+        .arg("blender")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "case generator failed");
+    let cases = load_cases(&dir);
+    let n = cases.len();
+    let mut group = c.benchmark_group("delta");
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function(format!("decode+apply {n} blender-shaped cases"), |b| {
+        b.iter(|| {
+            for (base, raw) in &cases {
+                let mut log = Vec::new();
+                let _ = std::hint::black_box(apply_delta(base, raw, &mut log));
+            }
+        })
+    });
+    group.finish();
+    let py = Command::new(&python)
+        .arg("-c")
+        .arg(PY_TIMER)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let py_us: f64 = String::from_utf8_lossy(&py.stdout).trim().parse().unwrap_or(f64::NAN);
+    let start = std::time::Instant::now();
+    let rounds = 20;
+    for _ in 0..rounds {
+        for (base, raw) in &cases {
+            let mut log = Vec::new();
+            let _ = std::hint::black_box(apply_delta(base, raw, &mut log));
+        }
+    }
+    let ours_us = start.elapsed().as_secs_f64() * 1e6 / (rounds * n) as f64;
+    println!(
+        "delta decode+apply per case: ours {ours_us:.1} us, Python deepdiff 8.1.1 {py_us:.1} us, ratio {:.1}x",
+        py_us / ours_us
+    );
+}
+
+criterion_group!(benches, bench_delta);
+criterion_main!(benches);
