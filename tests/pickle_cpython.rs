@@ -123,3 +123,31 @@ fn our_pickles_load_in_cpython() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn float_text_matches_cpython_repr() {
+    // str(float) is what a type change to str writes into node data.
+    let script = r#"
+import random, struct
+r = random.Random(5)
+for i in range(20000):
+    k = i % 4
+    if k == 0: f = struct.unpack('<f', struct.pack('<f', r.uniform(-1000, 1000)))[0]
+    elif k == 1: f = r.uniform(-1e20, 1e20)
+    elif k == 2: f = struct.unpack('<d', struct.pack('<Q', r.getrandbits(64)))[0]
+    else: f = r.choice([1e16, 1e-5, 1e-4, 123456789012345678.0, 0.1, -0.0, 5e-324]) * r.choice([1, -1, 3])
+    print(struct.pack('>d', f).hex(), repr(f))
+"#;
+    let out = Command::new(python()).arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut n = 0;
+    for line in text.lines() {
+        let (hexbits, want) = line.split_once(' ').unwrap();
+        let bits = u64::from_str_radix(hexbits, 16).unwrap();
+        let f = f64::from_bits(bits);
+        assert_eq!(replication_server::delta::repr::float_repr(f), want, "bits {hexbits}");
+        n += 1;
+    }
+    assert_eq!(n, 20000);
+}

@@ -18,13 +18,14 @@ pub fn float_repr(f: f64) -> String {
             "0.0".into()
         };
     }
-    let mut sci = format!("{:e}", f.abs());
-    if sci.split_once('e').is_some_and(|(m, _)| m.len() > 17) {
-        // Seventeen digits: the shortest form is not unique, and CPython
-        // picks the correctly rounded one (ties to even), as exact
-        // formatting does.
-        sci = format!("{:.16e}", f.abs());
-    }
+    // The shortest form gives the digit count; CPython then writes the
+    // correctly rounded digits of that length (ties to even), which exact
+    // formatting produces and Rust's shortest form does not always.
+    let shortest = format!("{:e}", f.abs());
+    let digits_len = shortest
+        .split_once('e')
+        .map_or(1, |(m, _)| m.chars().filter(char::is_ascii_digit).count());
+    let sci = format!("{:.*e}", digits_len.saturating_sub(1), f.abs());
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
@@ -218,6 +219,7 @@ mod tests {
             (100.0, "100.0"),
             // An f32 widened to f64 that lies exactly between two 17-digit forms.
             (f64::from(-27.902_542_f32), "-27.902542114257812"),
+            (f64::from(-87.878_69_f32), "-87.87869262695312"),
         ] {
             assert_eq!(float_repr(f), want);
         }
