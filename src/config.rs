@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::store::FsyncPolicy;
+
 pub const DEFAULT_PORT: u16 = 5555;
 /// The Docker deployments' default (the Python library's own is 2000 ms,
 /// too short for artists on a VPN).
@@ -15,6 +17,13 @@ pub const DEFAULT_ADMIN_PASSWORD: &str = "admin";
 pub const DEFAULT_MAX_MESSAGE_SIZE: i64 = 256 * 1024 * 1024;
 /// Below this even an Auth message would not fit.
 pub const MIN_MAX_MESSAGE_SIZE: i64 = 4096;
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Seconds between automatic saves, as the Python deployment's guides say.
+pub const DEFAULT_SAVE_INTERVAL_S: u64 = 120;
+pub const DEFAULT_MAX_BACKUPS: usize = 10;
+/// A save interval above a day is almost certainly a typo.
+pub const MAX_SAVE_INTERVAL_S: u64 = 86_400;
+pub const MAX_MAX_BACKUPS: usize = 10_000;
 /// The shortest timeout that still lets a client answer a ping (clients
 /// are pinged once a second).
 pub const MIN_TIMEOUT_MS: u64 = 1_000;
@@ -67,6 +76,11 @@ pub struct Config {
     pub max_message_size: i64,
     /// Address the three sockets bind to.
     pub bind_address: String,
+    pub data_dir: PathBuf,
+    pub save_interval_s: u64,
+    pub max_backups: usize,
+    pub journal_fsync: FsyncPolicy,
+    pub retained_keys: Vec<String>,
 }
 
 impl Config {
@@ -131,6 +145,21 @@ pub struct ServeArgs {
     /// Address to bind the three ports to
     #[arg(long = "bind", env = "BIND_ADDRESS")]
     pub bind_address: Option<String>,
+    /// Folder of the snapshot, journal and backups
+    #[arg(long = "data-dir", env = "DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds between automatic saves
+    #[arg(long = "save-interval", env = "SAVE_INTERVAL")]
+    pub save_interval: Option<String>,
+    /// Snapshots kept in DATA_DIR/backups
+    #[arg(long = "max-backups", env = "MAX_BACKUPS")]
+    pub max_backups: Option<String>,
+    /// When the journal reaches the disk: always, everysec or off
+    #[arg(long = "journal-fsync", env = "JOURNAL_FSYNC")]
+    pub journal_fsync: Option<String>,
+    /// Metadata keys kept per user across leaves and restarts (comma separated)
+    #[arg(long = "retained-metadata-keys", env = "RETAINED_METADATA_KEYS")]
+    pub retained_keys: Option<String>,
 }
 
 /// The Python server's flags that clap cannot express (multi-letter single
@@ -237,7 +266,61 @@ impl ServeArgs {
                 ));
             }
         };
+        let save_interval_s = match self.save_interval.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_SAVE_INTERVAL_S,
+            Some(s) => s
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=MAX_SAVE_INTERVAL_S).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "SAVE_INTERVAL (--save-interval)",
+                        s,
+                        format!("seconds from 1 to {MAX_SAVE_INTERVAL_S}"),
+                    )
+                })?,
+        };
+        let max_backups = match self.max_backups.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_MAX_BACKUPS,
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= MAX_MAX_BACKUPS)
+                .ok_or_else(|| {
+                    invalid(
+                        "MAX_BACKUPS (--max-backups)",
+                        s,
+                        format!("a count from 0 to {MAX_MAX_BACKUPS}"),
+                    )
+                })?,
+        };
+        let journal_fsync = match self.journal_fsync.as_deref().map(str::trim) {
+            None | Some("") => FsyncPolicy::EverySec,
+            Some(s) => FsyncPolicy::parse(s)
+                .ok_or_else(|| invalid("JOURNAL_FSYNC (--journal-fsync)", s, FsyncPolicy::ACCEPTED))?,
+        };
+        let retained_keys = match self.retained_keys.as_deref() {
+            None => crate::session::DEFAULT_RETAINED_KEYS
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+            Some(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        };
+        let data_dir = self
+            .data_dir
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         Ok(Config {
+            data_dir,
+            save_interval_s,
+            max_backups,
+            journal_fsync,
+            retained_keys,
             port,
             timeout_ms,
             admin_password,
@@ -260,12 +343,7 @@ mod tests {
                 .chain(args.iter().copied())
                 .map(String::from),
         );
-        let mut a = ServeArgs::try_parse_from(argv).expect("flags parse");
-        // Tests must not depend on the environment of the machine.
-        a.port = a
-            .port
-            .filter(|_| args.iter().any(|x| x.starts_with("-p") || x.starts_with("--port")));
-        a.into_config()
+        ServeArgs::try_parse_from(argv).expect("flags parse").into_config()
     }
 
     #[test]
@@ -299,6 +377,12 @@ mod tests {
         let c = ServeArgs::default().into_config().unwrap();
         assert_eq!(c.port, 5555);
         assert_eq!(c.timeout_ms, 10_000);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(
+            (c.save_interval_s, c.max_backups, c.journal_fsync),
+            (120, 10, FsyncPolicy::EverySec)
+        );
+        assert_eq!(c.retained_keys, ["tasks", "chat_messages"]);
         assert!(c.uses_default_admin_password());
         assert!(!c.is_private());
     }

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use replication_server::config::{Config, ServeArgs, normalize_legacy_flags};
-use replication_server::{health, server};
+use replication_server::{health, server, store};
 
 /// How long `health` waits for the server's answer.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -29,6 +29,63 @@ enum Sub {
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
     },
+    /// Write the session of DATA_DIR as a replication session dump (.db)
+    Export {
+        /// Where to write the dump
+        file: std::path::PathBuf,
+    },
+    /// Replace the session of DATA_DIR with a replication session dump (.db)
+    Import {
+        /// The dump to read
+        file: std::path::PathBuf,
+    },
+}
+
+fn export(config: &Config, file: &std::path::Path) -> Result<String, String> {
+    let mut session = replication_server::session::SessionState::new(replication_server::session::SessionConfig::new(
+        &config.admin_password,
+        &config.server_password,
+    ));
+    let image =
+        replication_server::recovery::image_of_dir(&config.data_dir, &mut session).map_err(|e| e.to_string())?;
+    let bytes = store::dump::encode(&image).map_err(|e| e.to_string())?;
+    store::write_file_atomic(file, &bytes).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "exported {} nodes from {} to {}",
+        image.nodes.len(),
+        config.data_dir.display(),
+        file.display()
+    ))
+}
+
+fn import(config: &Config, file: &std::path::Path) -> Result<String, String> {
+    if store::DataDir::is_locked(&config.data_dir) {
+        return Err(format!(
+            "a server is running on {}: stop it first, import replaces its session",
+            config.data_dir.display()
+        ));
+    }
+    let gz = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let mut image = store::dump::decode(file, &gz).map_err(|e| e.to_string())?;
+    let dir = store::DataDir::open(&config.data_dir).map_err(|e| e.to_string())?;
+    // The imported session replaces whatever the journals hold.
+    let mut covered = 0;
+    for path in [dir.journal(), dir.prev_journal()] {
+        if let Ok(Some(r)) = store::journal::read(&path) {
+            covered = covered.max(r.generation);
+        }
+    }
+    image.journal_generation = covered;
+    store::snapshot::write_atomic(&dir.snapshot(), &image).map_err(|e| e.to_string())?;
+    for path in [dir.journal(), dir.prev_journal()] {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(format!(
+        "imported {} nodes from {} into {}",
+        image.nodes.len(),
+        file.display(),
+        config.data_dir.display()
+    ))
 }
 
 fn init_logging(config: &Config) -> Result<(), String> {
@@ -60,6 +117,19 @@ fn init_logging(config: &Config) -> Result<(), String> {
         .with(file)
         .init();
     Ok(())
+}
+
+fn report(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("replication-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -94,6 +164,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Sub::Export { file }) => report(export(&config, &file)),
+        Some(Sub::Import { file }) => report(import(&config, &file)),
         None => {
             if let Err(e) = init_logging(&config) {
                 eprintln!("replication-server: {e}");

@@ -67,6 +67,13 @@ impl SessionState {
         if self.clients.len() >= MAX_CLIENTS {
             return refuse(SERVER_FULL);
         }
+        // Tasks and chat survive the user's absence and the server's restarts.
+        let metadata: Vec<(Value, Value)> = self
+            .config
+            .retained_keys
+            .iter()
+            .filter_map(|k| self.retained.for_login(&username, k).map(|v| (Value::str(k), v)))
+            .collect();
         self.clients.insert(
             peer.clone(),
             Client {
@@ -74,7 +81,7 @@ impl SessionState {
                 admin,
                 latency: UNKNOWN_LATENCY,
                 status: STATUS_LOBBY,
-                metadata: Vec::new(),
+                metadata,
             },
         );
         self.out.push(super::Outgoing::Admit(peer.clone()));

@@ -53,6 +53,16 @@ impl StoredNode {
         Ok(self.value.get_or_insert(Value::None))
     }
 
+    /// The bytes if they are current, without encoding.
+    pub fn cached_raw(&self) -> Option<Bytes> {
+        self.raw_data.clone()
+    }
+
+    /// The decoded value if there is one, without decoding.
+    pub fn cached_value(&self) -> Option<&Value> {
+        self.value.as_ref()
+    }
+
     fn set_raw(&mut self, raw: Bytes) {
         self.raw_data = Some(raw);
         self.value = None;

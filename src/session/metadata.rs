@@ -20,7 +20,13 @@ impl SessionState {
             warn!(user = %client.username, got = cmd.data.type_name(), "ignored metadata that is not a dict");
             return;
         };
+        let mut durable = Vec::new();
         for (key, value) in update {
+            if let Some(k) = key.as_str()
+                && self.config.retained_keys.iter().any(|r| r == k)
+            {
+                durable.push((k.to_string(), value.clone()));
+            }
             let len = client.metadata.len();
             match client.metadata.iter_mut().find(|(k, _)| *k == key) {
                 Some(slot) => slot.1 = value,
@@ -31,6 +37,18 @@ impl SessionState {
             }
         }
         debug!(user = %client.username, "metadata update relayed");
+        let user = client.username.clone();
+        for (key, value) in durable {
+            let raw = serde_bytes::ByteBuf::from(crate::pickle::encode(&value));
+            let seq = self.retained.set(&user, &key, value);
+            self.record(crate::store::JournalEntry::Retain {
+                user: user.clone(),
+                key,
+                value: raw,
+                seq,
+            });
+        }
+        let Some(client) = self.clients.get(peer) else { return };
         // Clients find the sender by the owner field, so it must be the
         // authenticated name whatever the sender wrote there.
         let username = client.username.clone();

@@ -8,6 +8,7 @@
 mod auth;
 mod graph;
 mod metadata;
+mod persist;
 mod rights;
 mod snapshot;
 
@@ -22,6 +23,9 @@ use crate::pickle::Value;
 use crate::wire::{Command, CommandKind, Update};
 
 pub use graph::{CommitError, Graph, RP_COMMON, StoredNode};
+pub use persist::{DEFAULT_RETAINED_KEYS, Restored, Retained};
+
+use crate::store::JournalEntry;
 
 /// The protocol version the clients must speak.
 pub const PROTOCOL_VERSION: &str = "0.9.10";
@@ -109,6 +113,18 @@ struct Upload {
 pub struct SessionConfig {
     pub admin_password: String,
     pub server_password: String,
+    /// Metadata keys kept per user after they leave and saved.
+    pub retained_keys: Vec<String>,
+}
+
+impl SessionConfig {
+    pub fn new(admin_password: &str, server_password: &str) -> Self {
+        SessionConfig {
+            admin_password: admin_password.into(),
+            server_password: server_password.into(),
+            retained_keys: DEFAULT_RETAINED_KEYS.iter().map(|k| k.to_string()).collect(),
+        }
+    }
 }
 
 pub struct SessionState {
@@ -117,8 +133,24 @@ pub struct SessionState {
     clients: IndexMap<PeerId, Client>,
     graph: Graph,
     upload: Option<Upload>,
+    retained: Retained,
     /// Messages and control requests produced by the last handler.
     pub out: Vec<Outgoing>,
+    /// Accepted changes of the last handlers, for the journal.
+    journal: Vec<JournalEntry>,
+    /// Saves the last handlers asked for, by reason.
+    save_requests: Vec<String>,
+    changes: u64,
+}
+
+pub(crate) fn put_node_entry(node: &crate::wire::NodeFrames) -> JournalEntry {
+    JournalEntry::PutNode {
+        uuid: node.uuid.clone(),
+        owner: node.owner.clone(),
+        dependencies: node.dependencies.clone(),
+        raw_dependencies: serde_bytes::ByteBuf::from(node.raw_dependencies.to_vec()),
+        raw_data: serde_bytes::ByteBuf::from(node.raw_data.to_vec()),
+    }
 }
 
 /// A readable name for a peer identity in log lines.
@@ -146,7 +178,11 @@ impl SessionState {
             clients: IndexMap::new(),
             graph: Graph::default(),
             upload: None,
+            retained: Retained::default(),
             out: Vec::new(),
+            journal: Vec::new(),
+            save_requests: Vec::new(),
+            changes: 0,
         }
     }
 
@@ -256,11 +292,18 @@ impl SessionState {
             Update::Node(node) => {
                 debug!(user = %self.username(&peer), node = %node.uuid, "node update");
                 self.graph.put_node(node.clone());
+                self.record(put_node_entry(node));
             }
             Update::Commit(commit) => {
                 let mut skipped = Vec::new();
                 match self.graph.apply_commit(commit, &mut skipped) {
                     Ok(()) => {
+                        self.record(JournalEntry::Commit {
+                            uuid: commit.node_id.clone(),
+                            dependencies: commit.dependencies.clone(),
+                            raw_dependencies: serde_bytes::ByteBuf::from(commit.raw_dependencies.to_vec()),
+                            raw_delta: serde_bytes::ByteBuf::from(commit.raw_delta.to_vec()),
+                        });
                         debug!(user = %self.username(&peer), node = %commit.node_id, "commit applied");
                         for line in skipped {
                             debug!(node = %commit.node_id, "delta edit skipped as deepdiff skips it: {line}");
@@ -316,6 +359,10 @@ impl SessionState {
         let locked = self.graph.owned_by(&client.username);
         if !locked.is_empty() {
             self.graph.set_owner(&locked, RP_COMMON);
+            self.record(JournalEntry::Right {
+                uuids: locked.clone(),
+                owner: RP_COMMON.into(),
+            });
             let data = crate::pickle::dict([
                 ("uuid", Value::List(locked.iter().map(|u| Value::str(u)).collect())),
                 ("owner", Value::str(RP_COMMON)),
@@ -332,8 +379,10 @@ impl SessionState {
             self.upload = None;
             self.graph.clear();
             self.state = ServerState::Waiting;
+            self.record(JournalEntry::Reset);
         }
         info!(user = %client.username, cause, online = self.clients.len(), "user disconnected");
+        self.save_requests.push(format!("user_disconnect:{}", client.username));
     }
 }
 

@@ -15,6 +15,7 @@ impl SessionState {
             return;
         };
         if self.graph.delete(uuid) {
+            self.record(crate::store::JournalEntry::Delete { uuid: uuid.to_string() });
             info!(user = %self.username(peer), node = uuid, "node deleted");
         }
         let frames = Arc::new(Command::frames_raw(
@@ -38,6 +39,12 @@ impl SessionState {
             return;
         };
         let changed = self.graph.set_owner(&uuids, owner);
+        if changed > 0 {
+            self.record(crate::store::JournalEntry::Right {
+                uuids: uuids.clone(),
+                owner: owner.to_string(),
+            });
+        }
         tracing::debug!(user = %self.username(peer), owner, changed, "rights changed");
         let frames = Arc::new(Command::frames_raw(
             CommandKind::Right,

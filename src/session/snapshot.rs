@@ -134,6 +134,7 @@ impl SessionState {
         if received == size || received % 1000 == 0 {
             info!(received, total = size, "session initialisation progress");
         }
+        self.record(super::put_node_entry(&node));
         self.graph.put_node(node);
         if self.upload.as_ref().is_some_and(|u| u.pending.is_empty()) {
             self.finish_upload();
@@ -145,6 +146,8 @@ impl SessionState {
             return;
         };
         self.state = ServerState::Active;
+        self.record(crate::store::JournalEntry::Initialized);
+        self.save_requests.push("initialized".into());
         self.reply_server_snapshot(&upload.uploader, "DONE");
         let others: Vec<PeerId> = self
             .clients

@@ -14,10 +14,7 @@ pub(crate) fn peer(n: u8) -> PeerId {
 }
 
 fn session(server_password: &str) -> SessionState {
-    SessionState::new(SessionConfig {
-        admin_password: "apw".into(),
-        server_password: server_password.into(),
-    })
+    SessionState::new(SessionConfig::new("apw", server_password))
 }
 
 fn cmd(kind: CommandKind, owner: &str, data: Value) -> Command {
@@ -638,4 +635,106 @@ fn commit_is_applied_and_relayed_or_rejected_whole() {
     s.handle_update(peer(1), Update::decode(&frames).unwrap(), Arc::new(frames));
     assert!(s.drain_out().is_empty(), "an aborted commit is not relayed");
     assert_eq!(s.graph.get_mut("n1").unwrap().value().unwrap(), &expected);
+}
+
+#[test]
+fn saved_session_restores_active_with_nodes_common_and_retained_metadata() {
+    let mut s = session("");
+    login(&mut s, 1, "alice", true);
+    init_session(
+        &mut s,
+        1,
+        &[("n1", dict([("v", Value::Int(1))])), ("n2", Value::Int(2))],
+    );
+    login(&mut s, 2, "bob", false);
+    let tasks = Value::str("[{\"title\": \"rig\"}]");
+    s.handle_command(
+        peer(2),
+        cmd(
+            CommandKind::UpdateUserMetadata,
+            "bob",
+            dict([("tasks", tasks.clone()), ("frame_current", Value::Int(9))]),
+        ),
+    );
+    s.handle_command(
+        peer(2),
+        cmd(
+            CommandKind::Right,
+            "bob",
+            dict([
+                ("uuid", Value::List(vec![Value::str("n2")])),
+                ("owner", Value::str("bob")),
+            ]),
+        ),
+    );
+    let move_it = dict([(
+        "values_changed",
+        dict([("root['v']", dict([("new_value", Value::Int(5))]))]),
+    )]);
+    let frames = commit_frames("n1", &move_it);
+    s.handle_update(peer(1), Update::decode(&frames).unwrap(), Arc::new(frames));
+    let journal = s.drain_journal();
+    assert!(
+        journal.iter().any(|e| *e == crate::store::JournalEntry::Initialized),
+        "{journal:?}"
+    );
+
+    // Snapshot image alone, and the empty image plus the journal, restore the same.
+    let image = crate::store::writer::image_of(s.view(), "test", 1.0, 1);
+    for (img, entries) in [(image, Vec::new()), (crate::store::SessionImage::default(), journal)] {
+        let mut r = session("");
+        let restored = r.restore(img, entries);
+        assert!(restored.initialized);
+        assert_eq!(r.state(), ServerState::Active);
+        assert_eq!(r.graph().len(), 2);
+        assert_eq!(
+            r.graph().get("n2").unwrap().owner,
+            "COMMON",
+            "nobody is connected after a restart"
+        );
+        assert_eq!(
+            r.graph.get_mut("n1").unwrap().value().unwrap(),
+            &dict([("v", Value::Int(5))])
+        );
+        // bob comes back and gets his tasks; presence keys are not kept.
+        assert_eq!(login(&mut r, 7, "bob", false), "RUNNING");
+        let bob = r.clients().find(|(p, _)| **p == peer(7)).unwrap().1;
+        assert_eq!(bob.metadata, vec![(Value::str("tasks"), tasks.clone())]);
+        // A newcomer gets the newest tasks anyone left.
+        login(&mut r, 8, "carol", false);
+        let carol = r.clients().find(|(p, _)| **p == peer(8)).unwrap().1;
+        assert_eq!(carol.metadata, vec![(Value::str("tasks"), tasks.clone())]);
+    }
+}
+
+#[test]
+fn partial_upload_is_not_restored() {
+    let mut s = session("");
+    login(&mut s, 1, "alice", true);
+    let init = dict([
+        ("STATE", Value::str("INIT")),
+        ("SIZE", Value::Int(2)),
+        ("NODES", Value::List(vec![Value::str("a"), Value::str("b")])),
+    ]);
+    s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", init));
+    let frames = node_frames("a", "COMMON", &Value::Int(1));
+    let set = dict([
+        ("STATE", Value::str("SET")),
+        ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect())),
+    ]);
+    s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", set));
+    let mut r = session("");
+    let restored = r.restore(crate::store::SessionImage::default(), s.drain_journal());
+    assert!(!restored.initialized);
+    assert_eq!(r.state(), ServerState::Waiting);
+    assert!(r.graph().is_empty());
+}
+
+#[test]
+fn disconnects_ask_for_a_save() {
+    let mut s = session("");
+    login(&mut s, 1, "alice", true);
+    s.drain_save_requests();
+    s.handle_heartbeat(HeartbeatEvent::Lost(peer(1)));
+    assert_eq!(s.drain_save_requests(), vec!["user_disconnect:alice".to_string()]);
 }

@@ -47,24 +47,40 @@ def free_port_base():
 
 
 class Server:
-    def __init__(self, extra_env=None, args=()):
-        self.port = free_port_base()
-        self.log_path = tempfile.mktemp(prefix="replication-server-", suffix=".log")
-        env = {k: v for k, v in os.environ.items() if k not in ("ADMIN_PASSWORD", "SERVER_PASSWORD", "PORT", "TIMEOUT")}
-        env.update({"ADMIN_PASSWORD": "adminpw", "LOG_LEVEL": "DEBUG", "TIMEOUT": "3000", "BIND_ADDRESS": "127.0.0.1"})
-        env.update(extra_env or {})
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([BIN, "-p", str(self.port), *args], env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
-        self.wait_ready()
+    """The built server in a process of its own, with its own data folder."""
 
-    def wait_ready(self, timeout=10):
+    def __init__(self, extra_env=None, args=(), data_dir=None, port=None, wait=True):
+        self.port = port or free_port_base()
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="replication-data-")
+        self.extra_env = dict(extra_env or {})
+        self.args = list(args)
+        self.log_path = tempfile.mktemp(prefix="replication-server-", suffix=".log")
+        self.log = open(self.log_path, "ab")
+        self.start(wait)
+
+    def env(self):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("ADMIN_PASSWORD", "SERVER_PASSWORD", "PORT", "TIMEOUT", "DATA_DIR", "SAVE_INTERVAL",
+                            "JOURNAL_FSYNC", "MAX_BACKUPS")}
+        env.update({"ADMIN_PASSWORD": "adminpw", "LOG_LEVEL": "DEBUG", "TIMEOUT": "3000",
+                    "BIND_ADDRESS": "127.0.0.1", "DATA_DIR": self.data_dir})
+        env.update(self.extra_env)
+        return env
+
+    def start(self, wait=True):
+        self.proc = subprocess.Popen([BIN, "-p", str(self.port), *self.args], env=self.env(), stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=15):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.logs()}")
+                raise RuntimeError(f"server exited: {self.logs()[-3000:]}")
             if porcelain.request_session_info(f"127.0.0.1:{self.port}", timeout=200):
                 return
-        raise RuntimeError(f"server not ready: {self.logs()}")
+        raise RuntimeError(f"server not ready: {self.logs()[-3000:]}")
 
     def logs(self):
         with open(self.log_path, "rb") as f:
@@ -73,13 +89,25 @@ class Server:
     def alive(self):
         return self.proc.poll() is None
 
-    def stop(self):
+    def terminate(self):
+        """SIGTERM, as docker stop and systemd send it; waits for the exit."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                return self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        return self.proc.wait()
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self, wait=True):
+        self.start(wait)
+
+    def stop(self):
+        self.terminate()
         self.log.close()
 
 

@@ -1,0 +1,158 @@
+//! The snapshot writer: a thread of its own that serialises a view of the
+//! session and writes it, so saving never stalls relaying.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_bytes::ByteBuf;
+
+use super::snapshot::{self, NodeImage, RetainedImage, SessionImage};
+use super::{DataDir, METADATA_FORMAT_VERSION, SessionMetadata, StoreError, journal, metadata_json};
+use crate::pickle::{self, Value};
+
+/// A node's data as the session hands it over: the bytes when it has them,
+/// else the patched value, encoded here rather than on the session task.
+#[derive(Debug, Clone)]
+pub enum NodeData {
+    Raw(Bytes),
+    Value(Value),
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub uuid: String,
+    pub owner: String,
+    pub dependencies: Option<Vec<String>>,
+    pub raw_dependencies: Bytes,
+    pub data: NodeData,
+}
+
+/// A consistent view of the session at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct SessionView {
+    pub initialized: bool,
+    pub nodes: Vec<NodeView>,
+    pub retained: Vec<RetainedImage>,
+    pub users: Vec<String>,
+}
+
+pub struct SaveJob {
+    pub reason: String,
+    pub view: SessionView,
+    /// The journal generation this snapshot closes.
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Saved {
+    pub bytes: u64,
+    pub nodes: usize,
+    pub at: f64,
+    pub backup: PathBuf,
+    pub duration: Duration,
+}
+
+#[derive(Debug)]
+pub struct SaveOutcome {
+    pub reason: String,
+    pub result: Result<Saved, String>,
+}
+
+/// Builds the on-disk image of a view.
+pub fn image_of(view: SessionView, reason: &str, at: f64, generation: u64) -> SessionImage {
+    SessionImage {
+        saved_at: at,
+        reason: reason.to_string(),
+        initialized: view.initialized,
+        nodes: view
+            .nodes
+            .into_iter()
+            .map(|n| NodeImage {
+                uuid: n.uuid,
+                owner: n.owner,
+                dependencies: n.dependencies,
+                raw_dependencies: ByteBuf::from(n.raw_dependencies.to_vec()),
+                raw_data: ByteBuf::from(match n.data {
+                    NodeData::Raw(b) => b.to_vec(),
+                    NodeData::Value(v) => pickle::encode(&v),
+                }),
+            })
+            .collect(),
+        retained: view.retained,
+        journal_generation: generation,
+    }
+}
+
+fn save(dir: &DataDir, max_backups: usize, job: SaveJob) -> Result<Saved, StoreError> {
+    let started = Instant::now();
+    let at = super::now_epoch();
+    let users = job.view.users.clone();
+    let image = image_of(job.view, &job.reason, at, job.generation);
+    let nodes = image.nodes.len();
+    let initialized = image.initialized;
+    let bytes = snapshot::write_atomic(&dir.snapshot(), &image)?;
+    drop(image);
+    // The snapshot holds every change of the closed journal now.
+    let prev = dir.prev_journal();
+    if let Some(replay) = journal::read(&prev)?
+        && replay.generation <= job.generation
+    {
+        std::fs::remove_file(&prev).map_err(|source| StoreError::Io {
+            what: "remove the saved journal",
+            path: prev.clone(),
+            source,
+        })?;
+    }
+    let backup = dir.backups().join(snapshot::backup_name(at));
+    let _ = std::fs::remove_file(&backup);
+    // A copy, not a link: a backup must survive damage to the snapshot.
+    std::fs::copy(dir.snapshot(), &backup).map_err(|source| StoreError::Io {
+        what: "keep a backup at",
+        path: backup.clone(),
+        source,
+    })?;
+    snapshot::prune_backups(&dir.backups(), max_backups)?;
+    let meta = SessionMetadata {
+        timestamp: at,
+        datetime: super::format_iso_utc(at),
+        reason: job.reason,
+        initialized,
+        user_count: users.len(),
+        node_count: nodes,
+        snapshot_bytes: bytes,
+        users,
+        format_version: METADATA_FORMAT_VERSION,
+    };
+    super::write_file_atomic(&dir.metadata(), metadata_json(&meta).as_bytes())?;
+    Ok(Saved {
+        bytes,
+        nodes,
+        at,
+        backup,
+        duration: started.elapsed(),
+    })
+}
+
+/// Starts the writer thread. Jobs go in, outcomes come back in order.
+pub fn start(
+    dir: DataDir,
+    max_backups: usize,
+    outcomes: tokio::sync::mpsc::UnboundedSender<SaveOutcome>,
+) -> std::io::Result<(mpsc::Sender<SaveJob>, std::thread::JoinHandle<DataDir>)> {
+    let (tx, rx) = mpsc::channel::<SaveJob>();
+    let handle = std::thread::Builder::new()
+        .name("snapshot-writer".into())
+        .spawn(move || {
+            for job in rx {
+                let reason = job.reason.clone();
+                let result = save(&dir, max_backups, job).map_err(|e| e.to_string());
+                if outcomes.send(SaveOutcome { reason, result }).is_err() {
+                    break;
+                }
+            }
+            dir
+        })?;
+    Ok((tx, handle))
+}
