@@ -675,7 +675,7 @@ fn saved_session_restores_active_with_nodes_common_and_retained_metadata() {
     s.handle_update(peer(1), Update::decode(&frames).unwrap(), Arc::new(frames));
     let journal = s.drain_journal();
     assert!(
-        journal.iter().any(|e| *e == crate::store::JournalEntry::Initialized),
+        journal.contains(&crate::store::JournalEntry::Initialized),
         "{journal:?}"
     );
 
