@@ -17,7 +17,11 @@ cargo build --release --bins --quiet
 cargo test --release --quiet
 
 BIN="$PWD/target/release/replication-server"
+export REPLICATION_SERVER_BIN="$BIN"
 for stack in addon upstream; do
     echo "== interop tests: replication 0.9.10, $stack stack"
-    REPLICATION_SERVER_BIN="$BIN" ".venv/$stack/bin/python" -m pytest tests/interop -q -p no:cacheprovider
+    ".venv/$stack/bin/python" -m pytest tests/interop -q -p no:cacheprovider
 done
+
+echo "== deployment kit"
+.venv/addon/bin/python -m pytest tests/deploy -q -p no:cacheprovider

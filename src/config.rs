@@ -135,7 +135,7 @@ pub struct ServeArgs {
     pub log_level: Option<String>,
     /// Also write the log to this file (-lf)
     #[arg(long = "log-file", env = "LOG_FILE")]
-    pub log_file: Option<PathBuf>,
+    pub log_file: Option<String>,
     /// Accepted for compatibility with the Python server; no effect
     #[arg(long = "attached")]
     pub attached: bool,
@@ -147,7 +147,7 @@ pub struct ServeArgs {
     pub bind_address: Option<String>,
     /// Folder of the snapshot, journal and backups
     #[arg(long = "data-dir", env = "DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    pub data_dir: Option<String>,
     /// Seconds between automatic saves
     #[arg(long = "save-interval", env = "SAVE_INTERVAL")]
     pub save_interval: Option<String>,
@@ -311,10 +311,13 @@ impl ServeArgs {
                 .map(str::to_owned)
                 .collect(),
         };
-        let data_dir = self
-            .data_dir
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        // An empty variable (Docker's `ENV X=`) means the default, here and below.
+        let data_dir = PathBuf::from(
+            self.data_dir
+                .filter(|p| !p.is_empty())
+                .as_deref()
+                .unwrap_or(DEFAULT_DATA_DIR),
+        );
         Ok(Config {
             data_dir,
             save_interval_s,
@@ -326,7 +329,7 @@ impl ServeArgs {
             admin_password,
             server_password: self.server_password.unwrap_or_default(),
             log_level,
-            log_file: self.log_file.filter(|p| !p.as_os_str().is_empty()),
+            log_file: self.log_file.filter(|p| !p.is_empty()).map(PathBuf::from),
             max_message_size,
             bind_address,
         })

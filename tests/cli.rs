@@ -50,6 +50,8 @@ fn clean_env(cmd: &mut Command) -> &mut Command {
 fn start(port: u16, extra: &[&str]) -> Child {
     clean_env(&mut Command::new(BIN))
         .args(["-p", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--data-dir")
+        .arg(std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("data-{port}")))
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -173,11 +175,31 @@ fn default_admin_password_is_warned_about_and_env_file_is_read() {
 fn port_in_use_is_a_clear_error() {
     let port = free_base_port();
     let _busy = TcpListener::bind(("127.0.0.1", port + 1)).unwrap();
+    let data = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("data-busy-{port}"));
     let out = clean_env(&mut Command::new(BIN))
         .args(["-p", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--data-dir")
+        .arg(&data)
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot bind the data port"), "{stderr}");
+}
+
+#[test]
+fn empty_variables_mean_defaults() {
+    // Docker images set `ENV LOG_FILE=` and `ENV SERVER_PASSWORD=`; the
+    // health check runs with that environment.
+    let out = clean_env(&mut Command::new(BIN))
+        .env("LOG_FILE", "")
+        .env("SERVER_PASSWORD", "")
+        .env("DATA_DIR", "")
+        .env("PORT", free_base_port().to_string())
+        .arg("health")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unhealthy"), "{stderr}");
+    assert!(!stderr.contains("a value is required"), "{stderr}");
 }

@@ -43,6 +43,14 @@ pub enum StoreError {
     Invalid(String),
 }
 
+/// The folder a file is in; `.` for a bare file name.
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Wraps an I/O error with what was being done to which file.
 pub(crate) fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
@@ -182,7 +190,7 @@ pub fn now_epoch() -> f64 {
 
 /// Writes a small file atomically (temporary file, fsync, rename, fsync).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),

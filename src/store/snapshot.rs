@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::{StoreError, io_err};
+use super::{StoreError, io_err, parent_dir};
 
 pub const MAGIC: &[u8; 8] = b"RPLSNAP\x01";
 pub const FORMAT_VERSION: u32 = 1;
@@ -92,7 +92,7 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Writes `image` to `path` atomically; returns the file size.
 pub fn write_atomic(path: &Path, image: &SessionImage) -> Result<u64, StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("snapshot"),
