@@ -26,10 +26,15 @@ use crate::wire::{self, Command, CommandKind, Update};
 const RECV_BATCH: usize = 256;
 /// Capacity of the channel into the session task; when it is full the
 /// socket threads wait and libzmq queues (then drops) at its high-water mark.
-pub const INBOUND_CAPACITY: usize = 8_192;
+/// Small on purpose: each entry may hold a whole node, and an admin's
+/// upload arrives as a flood of them.
+pub const INBOUND_CAPACITY: usize = 1_024;
 /// Messages libzmq queues per peer before it drops for that peer; bounds
 /// the memory a client that stops reading can cost.
 pub const SEND_HIGH_WATER_MARK: i32 = 10_000;
+/// Messages libzmq buffers per peer on the way in; beyond it TCP pushes
+/// back on the client. Small, because each can be a whole node.
+pub const RECV_HIGH_WATER_MARK: i32 = 1_000;
 /// Log lines per minute about a given kind of bad input, so a garbage
 /// flood cannot fill the disk with logs.
 const LOG_LINES_PER_MINUTE: u32 = 20;
@@ -174,7 +179,7 @@ fn router(ctx: &zmq::Context, cfg: &NetConfig, name: &'static str, port: u16) ->
     s.set_linger(0)?;
     s.set_maxmsgsize(cfg.max_message_size)?;
     s.set_sndhwm(SEND_HIGH_WATER_MARK)?;
-    s.set_rcvhwm(SEND_HIGH_WATER_MARK)?;
+    s.set_rcvhwm(RECV_HIGH_WATER_MARK)?;
     // Report full or unknown peers instead of dropping silently, so the
     // server can log them.
     s.set_router_mandatory(true)?;

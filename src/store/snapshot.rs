@@ -91,7 +91,7 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Writes `image` to `path` atomically; returns the file size.
-pub fn write_atomic(path: &Path, image: &SessionImage) -> Result<u64, StoreError> {
+pub fn write_atomic<T: Serialize>(path: &Path, image: &T) -> Result<u64, StoreError> {
     let dir = parent_dir(path);
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
@@ -112,7 +112,7 @@ pub fn write_atomic(path: &Path, image: &SessionImage) -> Result<u64, StoreError
     }
 }
 
-fn write_to(tmp: &Path, image: &SessionImage) -> Result<u64, StoreError> {
+fn write_to<T: Serialize>(tmp: &Path, image: &T) -> Result<u64, StoreError> {
     let file = OpenOptions::new()
         .create(true)
         .write(true)

@@ -85,13 +85,68 @@ pub fn image_of(view: SessionView, reason: &str, at: f64, generation: u64) -> Se
     }
 }
 
+/// The snapshot's layout borrowing the view's buffers, so a save does not
+/// copy the session (it serialises exactly like `SessionImage`).
+#[derive(serde::Serialize)]
+struct NodeRef<'a> {
+    uuid: &'a str,
+    owner: &'a str,
+    dependencies: &'a Option<Vec<String>>,
+    #[serde(with = "serde_bytes")]
+    raw_dependencies: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    raw_data: &'a [u8],
+}
+
+#[derive(serde::Serialize)]
+struct ImageRef<'a> {
+    saved_at: f64,
+    reason: &'a str,
+    initialized: bool,
+    nodes: Vec<NodeRef<'a>>,
+    retained: &'a [RetainedImage],
+    journal_generation: u64,
+}
+
 fn save(dir: &DataDir, max_backups: usize, job: SaveJob) -> Result<Saved, StoreError> {
     let started = Instant::now();
     let at = super::now_epoch();
-    let users = job.view.users.clone();
-    let image = image_of(job.view, &job.reason, at, job.generation);
+    let view = &job.view;
+    // Only patched nodes need encoding; the others are shared bytes.
+    let encoded: Vec<Option<Vec<u8>>> = view
+        .nodes
+        .iter()
+        .map(|n| match &n.data {
+            NodeData::Value(v) => Some(pickle::encode(v)),
+            NodeData::Raw(_) => None,
+        })
+        .collect();
+    let image = ImageRef {
+        saved_at: at,
+        reason: &job.reason,
+        initialized: view.initialized,
+        nodes: view
+            .nodes
+            .iter()
+            .zip(&encoded)
+            .map(|(n, e)| NodeRef {
+                uuid: &n.uuid,
+                owner: &n.owner,
+                dependencies: &n.dependencies,
+                raw_dependencies: &n.raw_dependencies,
+                raw_data: match (&n.data, e) {
+                    (NodeData::Raw(b), _) => b,
+                    (_, Some(e)) => e,
+                    _ => &[],
+                },
+            })
+            .collect(),
+        retained: &view.retained,
+        journal_generation: job.generation,
+    };
     let nodes = image.nodes.len();
     let initialized = image.initialized;
+    let users = view.users.clone();
     let bytes = snapshot::write_atomic(&dir.snapshot(), &image)?;
     drop(image);
     // The snapshot holds every change of the closed journal now.

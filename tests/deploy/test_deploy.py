@@ -167,23 +167,50 @@ def test_prepare_creates_a_valid_env_and_is_idempotent(tmp_path):
     assert out.returncode != 0 and "run me from the replication-server folder" in out.stderr
 
 
+def quick_reference_blocks():
+    text = read("QUICK_REFERENCE.md")
+    blocks = [b.split("```", 1)[0] for b in text.split("```sh")[1:]]
+    return [[l.split("#", 1)[0].strip() for l in b.splitlines() if l.strip()] for b in blocks]
+
+
+def wait_healthy(env, proc=None, timeout=60):
+    deadline = time.time() + timeout
+    while subprocess.run([BIN, "health"], env=env, capture_output=True).returncode != 0:
+        assert proc is None or proc.poll() is None, "the server exited"
+        assert time.time() < deadline, "never healthy"
+        time.sleep(0.1)
+
+
 def test_quick_reference_commands_run(tmp_path):
-    """Every `replication-server` command of the first block, for real."""
-    block = read("QUICK_REFERENCE.md").split("```sh", 1)[1].split("```", 1)[0]
-    commands = [l.split("#", 1)[0].strip() for l in block.splitlines() if l.strip()]
-    assert commands and all(c.startswith("replication-server") for c in commands)
+    """Every command of QUICK_REFERENCE.md that needs no Docker, for real."""
+    running, stopped, source, docker = quick_reference_blocks()
+    assert all(c.startswith("replication-server") for c in running + stopped)
+    assert all(c.startswith(("docker", "./deploy.sh")) for c in docker)
     port = free_port_base()
     env = {**os.environ, "PORT": str(port), "DATA_DIR": str(tmp_path / "data"), "BIND_ADDRESS": "127.0.0.1"}
     server = subprocess.Popen([BIN], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 10
-        while subprocess.run([BIN, "health"], env=env, capture_output=True).returncode != 0:
-            assert time.time() < deadline
-        for command in commands:
-            args = command.split()[1:]
-            out = subprocess.run([BIN, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        wait_healthy(env, server)
+        for command in running:
+            out = subprocess.run([BIN, *command.split()[1:]], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
             assert out.returncode == 0, f"{command}: {out.stderr}"
         assert (tmp_path / "session.db").exists()
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
+    for command in stopped:
+        out = subprocess.run([BIN, *command.split()[1:]], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, f"{command}: {out.stderr}"
+    # `scripts/test.sh` is this suite; `./prepare.sh` has its own test above.
+    assert source == ["cargo run --release", "scripts/test.sh", "./prepare.sh"]
+    manifest = os.path.join(ROOT, "Cargo.toml")
+    run = subprocess.Popen(["cargo", "run", "--release", "--quiet", "--manifest-path", manifest],
+                           env={**env, "DATA_DIR": ""}, cwd=tmp_path / "data",
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_healthy(env, run, timeout=300)
+        assert (tmp_path / "data" / "data" / "session_snapshot.msgpack").exists() or \
+            (tmp_path / "data" / "data").is_dir(), "the default data folder is ./data"
+    finally:
+        run.send_signal(signal.SIGTERM)
+        run.wait(60)

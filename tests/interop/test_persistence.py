@@ -192,7 +192,14 @@ def test_failed_save_keeps_serving_and_recovers(make_server, clients):
     alice, ids = init_session(server, clients)
     # Make the snapshot's temporary file impossible to create.
     blocker = os.path.join(server.data_dir, f".session_snapshot.msgpack.tmp-{server.proc.pid}")
-    os.mkdir(blocker)
+    deadline = time.time() + 5
+    while True:
+        try:
+            os.mkdir(blocker)
+            break
+        except FileExistsError:  # a save is writing that very file right now
+            assert time.time() < deadline
+            time.sleep(0.02)
     block = alice.repo.graph.get(ids[0]).instance
     block.props["location"][0] = 42.0
     alice.commit_push(ids[0])

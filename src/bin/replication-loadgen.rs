@@ -1,0 +1,627 @@
+//! replication-loadgen: simulated Multi-User clients that speak the real
+//! protocol (auth, heartbeat, init, snapshot pull, Node updates, metadata),
+//! to measure a server: deliveries per second, latency, loss, memory.
+//!
+//! One writer and N-1 readers, each a thread with its own three sockets.
+//! Timestamps travel inside the node data, so latency is measured end to
+//! end, writer to reader, on one clock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use replication_server::pickle::{self, Allow, Value, dict};
+use replication_server::wire::{self, Command, CommandKind, NodeFrames};
+
+/// Payload of each update, like a small Blender datablock.
+const DEFAULT_PAYLOAD: usize = 2_048;
+/// How long readers keep draining after the writer stops.
+const DRAIN: Duration = Duration::from_secs(2);
+/// Messages the writer may have queued in libzmq before it waits, so a
+/// saturating writer runs at the server's pace instead of filling memory.
+const WRITER_HWM: i32 = 1_000;
+/// Readers give up draining after this long, whatever still trickles in.
+const MAX_DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum Scenario {
+    /// One writer sends Node updates as fast as it can.
+    Saturate,
+    /// One writer sends Node updates at --rate per second.
+    Rate,
+    /// One writer sends metadata updates as fast as it can.
+    Metadata,
+    /// An admin uploads --nodes nodes; a joining client pulls them one at a time.
+    Join,
+    /// Like rate, with one reader that stops reading.
+    SlowReader,
+    /// Like rate, while other clients log in and out.
+    Churn,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "replication-loadgen",
+    about = "Load generator for replication 0.9.10 servers"
+)]
+struct Args {
+    #[arg(long, value_enum, default_value = "saturate")]
+    scenario: Scenario,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 5555)]
+    port: u16,
+    /// Simulated clients, writer included.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Updates per second for rate-based scenarios.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Bytes of node data per update.
+    #[arg(long, default_value_t = DEFAULT_PAYLOAD)]
+    payload: usize,
+    /// Nodes for the join scenario.
+    #[arg(long, default_value_t = 10_000)]
+    nodes: usize,
+    #[arg(long, default_value = "admin")]
+    admin_password: String,
+    /// Server password; omitted means None, which both servers accept.
+    #[arg(long)]
+    server_password: Option<String>,
+    /// Pid of the server, to report its peak memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Logins and logouts for the churn scenario.
+    #[arg(long, default_value_t = 200)]
+    churn: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn send(socket: &zmq::Socket, frames: &[Bytes]) -> Result<(), zmq::Error> {
+    let parts: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+    socket.send_multipart(parts, 0)
+}
+
+fn recv(socket: &zmq::Socket, flags: i32) -> Option<Vec<Bytes>> {
+    socket
+        .recv_multipart(flags)
+        .ok()
+        .map(|parts| parts.into_iter().map(Bytes::from).collect())
+}
+
+/// Where and how simulated clients log in.
+#[derive(Clone)]
+struct Target {
+    host: String,
+    port: u16,
+    server_password: Option<String>,
+    admin_password: String,
+}
+
+/// One simulated client: three DEALER sockets sharing an identity.
+struct SimClient {
+    name: String,
+    command: zmq::Socket,
+    data: zmq::Socket,
+    heartbeat: zmq::Socket,
+}
+
+impl SimClient {
+    fn connect(ctx: &zmq::Context, args: &Target, name: &str) -> Result<SimClient, String> {
+        let id: Vec<u8> = (0..16)
+            .map(|i| (now_ns() >> (i % 8 * 8)) as u8 ^ (i as u8 * 37) ^ name.len() as u8)
+            .collect();
+        let mut id = id;
+        id[..name.len().min(8)].copy_from_slice(&name.as_bytes()[..name.len().min(8)]);
+        let open = |port: u16| -> Result<zmq::Socket, String> {
+            let s = ctx.socket(zmq::DEALER).map_err(|e| e.to_string())?;
+            s.set_identity(&id).map_err(|e| e.to_string())?;
+            s.set_linger(0).map_err(|e| e.to_string())?;
+            s.set_rcvhwm(0).map_err(|e| e.to_string())?;
+            s.set_sndhwm(WRITER_HWM).map_err(|e| e.to_string())?;
+            s.connect(&format!("tcp://{}:{port}", args.host))
+                .map_err(|e| e.to_string())?;
+            Ok(s)
+        };
+        let c = SimClient {
+            name: name.to_string(),
+            command: open(args.port)?,
+            data: open(args.port + 1)?,
+            heartbeat: open(args.port + 2)?,
+        };
+        Ok(c)
+    }
+
+    fn login(&self, args: &Target, admin: bool) -> Result<String, String> {
+        let auth = dict([
+            ("AUTH_TYPE", Value::str(if admin { "ADMIN" } else { "CLIENT" })),
+            ("AUTH_ID", Value::str(&self.name)),
+            (
+                "S_PWD",
+                args.server_password.as_deref().map(Value::str).unwrap_or(Value::None),
+            ),
+            (
+                "A_PWD",
+                if admin {
+                    Value::str(&args.admin_password)
+                } else {
+                    Value::None
+                },
+            ),
+            ("VERSION", Value::str("0.9.10")),
+        ]);
+        send(&self.command, &Command::frames(CommandKind::Auth, &self.name, &auth)).map_err(|e| e.to_string())?;
+        send(&self.heartbeat, &[Bytes::from_static(b"INIT")]).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            self.pong();
+            if self.command.poll(zmq::POLLIN, 50).unwrap_or(0) > 0
+                && let Some(frames) = recv(&self.command, 0)
+                && let Ok(cmd) = Command::decode(&frames)
+                && cmd.kind == CommandKind::Auth
+            {
+                return cmd
+                    .data
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "bad auth answer".into());
+            }
+        }
+        Err(format!("{}: no auth answer", self.name))
+    }
+
+    /// Answers pings so the server keeps us.
+    fn pong(&self) {
+        while let Some(_f) = recv(&self.heartbeat, zmq::DONTWAIT) {
+            let _ = self.heartbeat.send(&b"PONG"[..], zmq::DONTWAIT);
+        }
+    }
+
+    /// Drains the command socket (client states, snapshots...).
+    fn drain_commands(&self) -> Vec<Command> {
+        let mut out = Vec::new();
+        while let Some(frames) = recv(&self.command, zmq::DONTWAIT) {
+            if let Ok(c) = Command::decode(&frames) {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn wait_command(&self, kind: CommandKind, timeout: Duration) -> Option<Command> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            self.pong();
+            if self.command.poll(zmq::POLLIN, 20).unwrap_or(0) > 0 {
+                for c in self.drain_commands() {
+                    if c.kind == kind {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+fn node_frames(uuid: &str, seq: u64, payload: &[u8]) -> Vec<Bytes> {
+    let data = dict([
+        ("ts", Value::bytes(&now_ns().to_le_bytes())),
+        ("seq", Value::Int(seq as i64)),
+        ("blob", Value::bytes(payload)),
+        ("type_id", Value::str("Object")),
+    ]);
+    NodeFrames {
+        uuid: uuid.into(),
+        owner: "COMMON".into(),
+        dependencies: Some(vec![]),
+        raw_dependencies: wire::encode_dependencies(&Some(vec![])),
+        raw_data: Bytes::from(pickle::encode(&data)),
+    }
+    .frames("COMMON")
+}
+
+/// The timestamp inside a relayed node (or metadata) update.
+fn timestamp_of(raw: &[u8]) -> Option<u64> {
+    let v = pickle::decode(raw, Allow::Data).ok()?;
+    let ts = v.get("ts")?.as_bytes()?;
+    Some(u64::from_le_bytes(ts.try_into().ok()?))
+}
+
+/// Initialises the session with `count` nodes through the admin path.
+fn init_session(admin: &SimClient, count: usize, payload: &[u8]) -> Result<Vec<String>, String> {
+    let uuids: Vec<String> = (0..count)
+        .map(|i| format!("{i:08x}-0000-4000-8000-{:012x}", now_ns() % (1 << 40)))
+        .collect();
+    let init = dict([
+        ("STATE", Value::str("INIT")),
+        ("SIZE", Value::Int(count as i64)),
+        ("NODES", Value::List(uuids.iter().map(|u| Value::str(u)).collect())),
+    ]);
+    send(
+        &admin.command,
+        &Command::frames(CommandKind::ServerSnapshot, "server", &init),
+    )
+    .map_err(|e| e.to_string())?;
+    let answer = admin
+        .wait_command(CommandKind::ServerSnapshot, Duration::from_secs(10))
+        .ok_or("no init answer")?;
+    if answer.data.get("STATE").and_then(Value::as_str) != Some("ACCEPTED") {
+        return Err(format!("init refused: {:?}", answer.data));
+    }
+    for (i, u) in uuids.iter().enumerate() {
+        let frames = node_frames(u, i as u64, payload);
+        let set = dict([
+            ("STATE", Value::str("SET")),
+            ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect())),
+        ]);
+        send(
+            &admin.command,
+            &Command::frames(CommandKind::ServerSnapshot, "server", &set),
+        )
+        .map_err(|e| e.to_string())?;
+        if i.is_multiple_of(500) {
+            admin.pong();
+        }
+    }
+    admin
+        .wait_command(CommandKind::ServerSnapshot, Duration::from_secs(60))
+        .ok_or("no DONE after init")?;
+    send(
+        &admin.command,
+        &Command::frames(
+            CommandKind::ServerSnapshot,
+            "server",
+            &dict([("STATE", Value::str("END"))]),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(uuids)
+}
+
+#[derive(Default)]
+struct ReaderStats {
+    received: u64,
+    latency: Option<Histogram<u64>>,
+}
+
+fn peak_rss_kb(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    scenario: String,
+    clients: usize,
+    seconds: f64,
+    sent: u64,
+    delivered: u64,
+    expected: u64,
+    lost: u64,
+    deliveries_per_s: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    max_ms: Option<f64>,
+    join_s: Option<f64>,
+    join_get_p99_us: Option<f64>,
+    server_peak_rss_mb: Option<f64>,
+    errors: Vec<String>,
+}
+
+fn run(args: &Args) -> Result<Report, String> {
+    let ctx = zmq::Context::new();
+    let target = Target {
+        host: args.host.clone(),
+        port: args.port,
+        server_password: args.server_password.clone(),
+        admin_password: args.admin_password.clone(),
+    };
+    let payload: Vec<u8> = (0..args.payload).map(|i| (i * 7) as u8).collect();
+    let mut report = Report {
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        clients: args.clients,
+        seconds: args.seconds,
+        sent: 0,
+        delivered: 0,
+        expected: 0,
+        lost: 0,
+        deliveries_per_s: 0.0,
+        p50_ms: None,
+        p99_ms: None,
+        max_ms: None,
+        join_s: None,
+        join_get_p99_us: None,
+        server_peak_rss_mb: None,
+        errors: Vec::new(),
+    };
+    let run_id = now_ns() % 1_000_000;
+    let admin = SimClient::connect(&ctx, &target, &format!("w{run_id}"))?;
+    let answer = admin.login(&target, true)?;
+    if answer.starts_with("FAILED") {
+        return Err(format!("writer login: {answer}"));
+    }
+    let join_nodes = if args.scenario == Scenario::Join { args.nodes } else { 1 };
+    let uuids = if answer == "LOBBY" {
+        init_session(&admin, join_nodes, &payload)?
+    } else {
+        return Err("the server is already initialised: start it with an empty data folder".into());
+    };
+    if args.scenario == Scenario::Join {
+        let joiner = SimClient::connect(&ctx, &target, &format!("j{run_id}"))?;
+        let started = Instant::now();
+        joiner.login(&target, false)?;
+        send(
+            &joiner.command,
+            &Command::frames(
+                CommandKind::Snapshot,
+                &joiner.name,
+                &dict([("STATE", Value::str("REQUEST_INIT"))]),
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let catalog = joiner
+            .wait_command(CommandKind::Snapshot, Duration::from_secs(30))
+            .ok_or("no catalog")?;
+        let Some(Value::List(ids)) = catalog.data.get("CATALOG") else {
+            return Err("bad catalog".into());
+        };
+        let mut gets = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+        for id in ids {
+            let t = Instant::now();
+            let get = dict([("STATE", Value::str("GET")), ("ID", id.clone())]);
+            send(
+                &joiner.command,
+                &Command::frames(CommandKind::Snapshot, &joiner.name, &get),
+            )
+            .map_err(|e| e.to_string())?;
+            joiner
+                .wait_command(CommandKind::Snapshot, Duration::from_secs(10))
+                .ok_or("GET unanswered")?;
+            let _ = gets.record(t.elapsed().as_micros() as u64);
+        }
+        report.join_s = Some(started.elapsed().as_secs_f64());
+        report.join_get_p99_us = Some(gets.value_at_quantile(0.99) as f64);
+        report.expected = ids.len() as u64;
+        report.delivered = ids.len() as u64;
+        report.server_peak_rss_mb = peak_rss_kb(args.server_pid).map(|kb| kb as f64 / 1024.0);
+        return Ok(report);
+    }
+
+    // Readers: each a thread with its own client.
+    let readers = args.clients.saturating_sub(1).max(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Barrier::new(readers + 1));
+    let stats: Arc<Mutex<Vec<ReaderStats>>> = Arc::new(Mutex::new(Vec::new()));
+    let metadata = args.scenario == Scenario::Metadata;
+    let mut handles = Vec::new();
+    for r in 0..readers {
+        let (stop, ready, stats) = (stop.clone(), ready.clone(), stats.clone());
+        let client = SimClient::connect(&ctx, &target, &format!("r{r}-{run_id}"))?;
+        let answer = client.login(&target, false)?;
+        if answer.starts_with("FAILED") {
+            return Err(format!("reader login: {answer}"));
+        }
+        let stalled = args.scenario == Scenario::SlowReader && r == 0;
+        handles.push(thread::spawn(move || {
+            let mut s = ReaderStats {
+                received: 0,
+                latency: Histogram::new(3).ok(),
+            };
+            ready.wait();
+            let mut last_seen = Instant::now();
+            let mut stopped_at: Option<Instant> = None;
+            loop {
+                if stop.load(Ordering::Relaxed) && stopped_at.get_or_insert_with(Instant::now).elapsed() > MAX_DRAIN {
+                    break;
+                }
+                client.pong();
+                if stalled {
+                    // Keeps its heartbeat but never reads its data.
+                    thread::sleep(Duration::from_millis(20));
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    continue;
+                }
+                let socket = if metadata { &client.command } else { &client.data };
+                let mut got = false;
+                if socket.poll(zmq::POLLIN, 5).unwrap_or(0) > 0 {
+                    while let Some(frames) = recv(socket, zmq::DONTWAIT) {
+                        let raw = if metadata {
+                            match Command::decode(&frames) {
+                                Ok(c) if c.kind == CommandKind::UpdateUserMetadata => Some(c.raw_data),
+                                _ => None,
+                            }
+                        } else {
+                            frames.get(4).cloned()
+                        };
+                        if let Some(raw) = raw {
+                            s.received += 1;
+                            got = true;
+                            if let (Some(ts), Some(h)) = (timestamp_of(&raw), s.latency.as_mut()) {
+                                let _ = h.record(now_ns().saturating_sub(ts) / 1_000);
+                            }
+                        }
+                    }
+                }
+                if got {
+                    last_seen = Instant::now();
+                } else if stop.load(Ordering::Relaxed) && last_seen.elapsed() > DRAIN {
+                    break;
+                }
+            }
+            if let Ok(mut all) = stats.lock()
+                && !stalled
+            {
+                all.push(s);
+            }
+        }));
+    }
+    // Churn: other clients log in and out during the stream.
+    let churned = Arc::new(AtomicU64::new(0));
+    let churn_handle = if args.scenario == Scenario::Churn {
+        let (stop, churned) = (stop.clone(), churned.clone());
+        let ctx = ctx.clone();
+        let n = args.churn;
+        let a = target.clone();
+        Some(thread::spawn(move || {
+            for i in 0..n {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(c) = SimClient::connect(&ctx, &a, &format!("c{i}-{run_id}"))
+                    && c.login(&a, false).is_ok()
+                {
+                    churned.fetch_add(1, Ordering::Relaxed);
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }))
+    } else {
+        None
+    };
+    ready.wait();
+    thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let duration = Duration::from_secs_f64(args.seconds);
+    let interval = match args.scenario {
+        Scenario::Saturate | Scenario::Metadata => None,
+        _ => Some(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64)),
+    };
+    let uuid = &uuids[0];
+    let mut seq = 0u64;
+    let mut next = Instant::now();
+    while started.elapsed() < duration {
+        if let Some(iv) = interval {
+            let now = Instant::now();
+            if now < next {
+                thread::sleep(next - now);
+            }
+            next += iv;
+        }
+        let frames = if metadata {
+            let md = dict([
+                ("ts", Value::bytes(&now_ns().to_le_bytes())),
+                ("frame_current", Value::Int(seq as i64)),
+            ]);
+            send(
+                &admin.command,
+                &Command::frames(CommandKind::UpdateUserMetadata, &admin.name, &md),
+            )
+        } else {
+            send(&admin.data, &node_frames(uuid, seq, &payload))
+        };
+        if let Err(e) = frames {
+            report.errors.push(format!("send: {e}"));
+            break;
+        }
+        seq += 1;
+        if seq.is_multiple_of(256) {
+            admin.pong();
+            admin.drain_commands();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    report.sent = seq;
+    // Keep the writer alive while readers drain.
+    let drain_until = Instant::now() + DRAIN;
+    stop.store(true, Ordering::Relaxed);
+    while Instant::now() < drain_until {
+        admin.pong();
+        admin.drain_commands();
+        thread::sleep(Duration::from_millis(20));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    if let Some(h) = churn_handle {
+        let _ = h.join();
+    }
+    let all = stats.lock().map_err(|_| "stats poisoned")?;
+    let mut merged = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    for s in all.iter() {
+        report.delivered += s.received;
+        if let Some(h) = &s.latency {
+            let _ = merged.add(h);
+        }
+    }
+    let live_readers = all.len() as u64;
+    report.expected = report.sent * live_readers;
+    report.lost = report.expected.saturating_sub(report.delivered);
+    report.deliveries_per_s = report.delivered as f64 / elapsed;
+    if !merged.is_empty() {
+        report.p50_ms = Some(merged.value_at_quantile(0.5) as f64 / 1000.0);
+        report.p99_ms = Some(merged.value_at_quantile(0.99) as f64 / 1000.0);
+        report.max_ms = Some(merged.max() as f64 / 1000.0);
+    }
+    if args.scenario == Scenario::Churn {
+        let n = churned.load(Ordering::Relaxed);
+        if (n as usize) < args.churn / 2 {
+            report
+                .errors
+                .push(format!("only {n} of {} churn logins succeeded", args.churn));
+        }
+    }
+    report.server_peak_rss_mb = peak_rss_kb(args.server_pid).map(|kb| kb as f64 / 1024.0);
+    Ok(report)
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(r) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
+                println!("scenario            {}", r.scenario);
+                println!("clients             {}", r.clients);
+                println!("sent                {}", r.sent);
+                println!("delivered/expected  {}/{} (lost {})", r.delivered, r.expected, r.lost);
+                println!("deliveries/s        {:.0}", r.deliveries_per_s);
+                println!(
+                    "latency p50/p99/max {} / {} / {} ms",
+                    opt(r.p50_ms),
+                    opt(r.p99_ms),
+                    opt(r.max_ms)
+                );
+                println!(
+                    "join                {} s, GET p99 {} us",
+                    opt(r.join_s),
+                    opt(r.join_get_p99_us)
+                );
+                println!("server peak RSS     {} MB", opt(r.server_peak_rss_mb));
+                for e in &r.errors {
+                    println!("error               {e}");
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("replication-loadgen: {e}");
+            std::process::exit(1);
+        }
+    }
+}
