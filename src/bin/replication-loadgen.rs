@@ -70,6 +70,13 @@ struct Args {
     /// Nodes for the join scenario.
     #[arg(long, default_value_t = 10_000)]
     nodes: usize,
+    /// Nodes the session starts with in the other scenarios (a large
+    /// session makes every save long: relay latency while saving).
+    #[arg(long, default_value_t = 1)]
+    init_nodes: usize,
+    /// Bytes of each of those nodes.
+    #[arg(long, default_value_t = DEFAULT_PAYLOAD)]
+    init_bytes: usize,
     #[arg(long, default_value = "admin")]
     admin_password: String,
     /// Server password; omitted means None, which both servers accept.
@@ -363,9 +370,13 @@ fn run(args: &Args) -> Result<Report, String> {
     if answer.starts_with("FAILED") {
         return Err(format!("writer login: {answer}"));
     }
-    let join_nodes = if args.scenario == Scenario::Join { args.nodes } else { 1 };
+    let (init_count, init_payload) = if args.scenario == Scenario::Join {
+        (args.nodes, payload.clone())
+    } else {
+        (args.init_nodes.max(1), (0..args.init_bytes).map(|i| (i * 13) as u8).collect())
+    };
     let uuids = if answer == "LOBBY" {
-        init_session(&admin, join_nodes, &payload)?
+        init_session(&admin, init_count, &init_payload)?
     } else {
         return Err("the server is already initialised: start it with an empty data folder".into());
     };
