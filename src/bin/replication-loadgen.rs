@@ -373,7 +373,10 @@ fn run(args: &Args) -> Result<Report, String> {
     let (init_count, init_payload) = if args.scenario == Scenario::Join {
         (args.nodes, payload.clone())
     } else {
-        (args.init_nodes.max(1), (0..args.init_bytes).map(|i| (i * 13) as u8).collect())
+        (
+            args.init_nodes.max(1),
+            (0..args.init_bytes).map(|i| (i * 13) as u8).collect(),
+        )
     };
     let uuids = if answer == "LOBBY" {
         init_session(&admin, init_count, &init_payload)?

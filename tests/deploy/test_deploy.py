@@ -138,7 +138,8 @@ def test_scripts_pass_shellcheck():
         if os.environ.get("CI"):
             pytest.fail("shellcheck is not installed (.ci/run installs it)")
         pytest.skip("shellcheck is not installed here (apt-get install shellcheck)")
-    scripts = ["prepare.sh", "deploy.sh", "docker/entrypoint.sh", "scripts/test.sh", "scripts/setup-venvs.sh", ".ci/run"]
+    scripts = ["prepare.sh", "deploy.sh", "docker/entrypoint.sh", "scripts/test.sh", "scripts/setup-venvs.sh", ".ci/run",
+               "bench/compare.sh"]
     out = subprocess.run(["shellcheck", *[os.path.join(ROOT, s) for s in scripts]], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
 
