@@ -86,6 +86,23 @@ impl Encoder {
         }
     }
 
+    /// A str or bytes payload with the shortest length header: 1, 4 or 8
+    /// bytes (`ops` are the opcodes for each).
+    fn write_sized(&mut self, ops: [u8; 3], data: &[u8]) {
+        let n = data.len();
+        if n < 256 {
+            self.write_payload(&[ops[0], n as u8], data);
+        } else if let Ok(n32) = u32::try_from(n) {
+            let mut h = [ops[1], 0, 0, 0, 0];
+            h[1..].copy_from_slice(&n32.to_le_bytes());
+            self.write_payload(&h, data);
+        } else {
+            let mut h = [ops[2], 0, 0, 0, 0, 0, 0, 0, 0];
+            h[1..].copy_from_slice(&(n as u64).to_le_bytes());
+            self.write_payload(&h, data);
+        }
+    }
+
     fn memoize(&mut self, key: Option<MemoKey>) {
         self.write(&[0x94]);
         if let Some(key) = key {
@@ -130,41 +147,17 @@ impl Encoder {
             }
             Value::Str(s) => {
                 let key = str_key(s);
-                if self.memo_get(&key) {
-                    return;
+                if !self.memo_get(&key) {
+                    self.write_sized([0x8c, b'X', 0x8d], s.as_bytes());
+                    self.memoize(Some(key));
                 }
-                let n = s.len();
-                if n < 256 {
-                    self.write_payload(&[0x8c, n as u8], s.as_bytes());
-                } else if let Ok(n32) = u32::try_from(n) {
-                    let mut h = [b'X', 0, 0, 0, 0];
-                    h[1..].copy_from_slice(&n32.to_le_bytes());
-                    self.write_payload(&h, s.as_bytes());
-                } else {
-                    let mut h = [0x8d, 0, 0, 0, 0, 0, 0, 0, 0];
-                    h[1..].copy_from_slice(&(n as u64).to_le_bytes());
-                    self.write_payload(&h, s.as_bytes());
-                }
-                self.memoize(Some(key));
             }
             Value::Bytes(b) => {
                 let key = bytes_key(b);
-                if self.memo_get(&key) {
-                    return;
+                if !self.memo_get(&key) {
+                    self.write_sized([b'C', b'B', 0x8e], b);
+                    self.memoize(Some(key));
                 }
-                let n = b.len();
-                if n < 256 {
-                    self.write_payload(&[b'C', n as u8], b);
-                } else if let Ok(n32) = u32::try_from(n) {
-                    let mut h = [b'B', 0, 0, 0, 0];
-                    h[1..].copy_from_slice(&n32.to_le_bytes());
-                    self.write_payload(&h, b);
-                } else {
-                    let mut h = [0x8e, 0, 0, 0, 0, 0, 0, 0, 0];
-                    h[1..].copy_from_slice(&(n as u64).to_le_bytes());
-                    self.write_payload(&h, b);
-                }
-                self.memoize(Some(key));
             }
             Value::List(items) => {
                 self.write(b"]");
