@@ -245,6 +245,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 reason = %recovery.image_reason,
                 nodes = recovery.restored.nodes,
                 retained_metadata = recovery.restored.retained,
+                users = %recovery.restored.users.join(","),
                 journal_entries = recovery.restored.journal_entries,
                 initialized = recovery.restored.initialized,
                 "Previous session found"

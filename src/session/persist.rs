@@ -65,6 +65,17 @@ impl Retained {
         self.values.len()
     }
 
+    /// Names of the users with kept values, in order of first arrival.
+    pub fn users(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (user, _) in self.values.keys() {
+            if !names.contains(user) {
+                names.push(user.clone());
+            }
+        }
+        names
+    }
+
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
@@ -74,6 +85,8 @@ impl Retained {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Restored {
     pub nodes: usize,
+    /// Users whose tasks or chat were kept.
+    pub users: Vec<String>,
     pub retained: usize,
     pub journal_entries: usize,
     pub initialized: bool,
@@ -220,6 +233,7 @@ impl SessionState {
         };
         Restored {
             nodes: self.graph.len(),
+            users: self.retained.users(),
             retained: self.retained.len(),
             journal_entries,
             initialized,

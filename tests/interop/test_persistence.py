@@ -64,7 +64,8 @@ def test_restart_restores_active_session_and_retained_metadata(server, clients):
 
     server.restart()
     logs = server.logs()
-    assert "Previous session found" in logs
+    banner = [l for l in logs.splitlines() if "Previous session found" in l][-1]
+    assert "nodes=4" in banner and "initialized=true" in banner and "users=bob" in banner, banner
     assert "Repository automatically initialized to ACTIVE state" in logs
     carol = clients(server, "carol")
     assert carol.pump(active(carol), 10), "carol should pull the scene with nobody pressing Init"
