@@ -350,13 +350,21 @@ impl Patcher<'_> {
             let mut elem = d.elem().clone();
             match self.dialect {
                 Dialect::V8 => {
-                    let current = self.read(d.obj_loc(), &elem).ok();
-                    let look = current.as_ref().is_none_or(|c| !py_eq(c, &expected));
-                    let mut found = current.is_some();
-                    let obj_is_list = matches!(self.get(d.obj_loc()).as_deref(), Ok(Value::List(_)));
-                    if look && obj_is_list {
-                        let obj = self.get(d.obj_loc()).map(Cow::into_owned).unwrap_or(Value::None);
-                        match closest_index(&obj, &elem.0, &expected)? {
+                    let (look, mut found, closest) = {
+                        let obj = self.get(d.obj_loc());
+                        let current = match obj.as_deref() {
+                            Ok(o) => pyops::get_item(o, &elem.0).ok(),
+                            Err(_) => None,
+                        };
+                        let look = current.as_ref().is_none_or(|c| !py_eq(c, &expected));
+                        let closest = match obj.as_deref() {
+                            Ok(list @ Value::List(_)) if look => Some(closest_index(list, &elem.0, &expected)?),
+                            _ => None,
+                        };
+                        (look, current.is_some(), closest)
+                    };
+                    if let (true, Some(closest)) = (look, closest) {
+                        match closest {
                             Some(i) => {
                                 elem.0 = Value::Int(i as i64);
                                 found = true;
@@ -384,15 +392,17 @@ impl Patcher<'_> {
     /// `_del_elem`.
     fn del_elem(&mut self, d: &Details, elem: &Element, path: &str) -> Result<(), Abort> {
         let n = d.n();
-        let obj = match self.get(d.obj_loc()) {
-            Ok(v) => v.into_owned(),
+        let tuple_items = match self.get(d.obj_loc()).as_deref() {
+            Ok(Value::Tuple(items)) => Some(items.clone()),
+            Ok(_) => None,
             Err(_) => return Ok(()),
         };
-        let mut target = if let Value::Tuple(items) = &obj {
-            self.register_post(d.obj_loc())?;
-            Some(Value::List(items.clone()))
-        } else {
-            None
+        let mut target = match tuple_items {
+            Some(items) => {
+                self.register_post(d.obj_loc())?;
+                Some(Value::List(items))
+            }
+            None => None,
         };
         if elem.1 == Action::GetAttr {
             self.log(format!("Failed to set {path} due to AttributeError"));
@@ -430,11 +440,10 @@ impl Patcher<'_> {
         for (path, value) in ordered {
             let Some(d) = self.details_for(&path) else { continue };
             if insert {
-                let obj = self
-                    .get(d.obj_loc())
-                    .map(Cow::into_owned)
-                    .map_err(|e| Abort(format!("{e}")))?;
-                let len = pyops::py_len(&obj).map_err(|e| Abort(format!("{e} at {path}")))?;
+                let len = match self.get(d.obj_loc()).as_deref() {
+                    Ok(obj) => pyops::py_len(obj).map_err(|e| Abort(format!("{e} at {path}")))?,
+                    Err(e) => return abort(format!("{e}")),
+                };
                 let below = pyops::py_lt(&d.elem().0, &Value::Int(len as i64)).map_err(|e| Abort(format!("{e}")))?;
                 if below {
                     match self.get_mut(d.obj_loc()) {
