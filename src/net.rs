@@ -56,17 +56,50 @@ pub enum NetError {
     Thread(&'static str, std::io::Error),
 }
 
+/// Bytes of received messages waiting for the session at most: the bound
+/// on memory when an admin uploads a session of large nodes (a count of
+/// messages alone let a 500 MB upload queue up gigabytes).
+pub const MAX_INBOUND_BYTES: usize = 64 * 1024 * 1024;
+
+/// The bytes of received messages the session has not handled yet; socket
+/// threads wait while it is over `MAX_INBOUND_BYTES`.
+#[derive(Debug, Default)]
+pub struct InboundBudget {
+    used: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl InboundBudget {
+    fn acquire(&self, n: usize) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        // A message larger than the budget still passes when alone.
+        while *used > 0 && *used + n > MAX_INBOUND_BYTES {
+            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += n;
+    }
+
+    /// The session handled messages of `n` bytes.
+    pub fn release(&self, n: usize) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
+}
+
 /// What the socket threads hand to the session task.
 #[derive(Debug)]
 pub enum Inbound {
     Command {
         peer: PeerId,
         command: Command,
+        bytes: usize,
     },
     Update {
         peer: PeerId,
         update: Box<Update>,
         frames: Arc<Vec<Bytes>>,
+        bytes: usize,
     },
     Heartbeat(HeartbeatEvent),
 }
@@ -205,7 +238,11 @@ fn router(ctx: &zmq::Context, cfg: &NetConfig, name: &'static str, port: u16) ->
 }
 
 /// Binds the three ports and starts their threads.
-pub fn start(cfg: &NetConfig, inbound: tokio_mpsc::Sender<Inbound>) -> Result<Network, NetError> {
+pub fn start(
+    cfg: &NetConfig,
+    inbound: tokio_mpsc::Sender<Inbound>,
+    budget: Arc<InboundBudget>,
+) -> Result<Network, NetError> {
     let ctx = zmq::Context::new();
     let sockets = [
         (Channel::Command, "command", cfg.port),
@@ -233,6 +270,7 @@ pub fn start(cfg: &NetConfig, inbound: tokio_mpsc::Sender<Inbound>) -> Result<Ne
             queue: rx,
             pending: pending.clone(),
             inbound: inbound.clone(),
+            budget: budget.clone(),
             admitted: HashSet::new(),
             stalled: HashSet::new(),
             stranger_log: RateLimitedLog::default(),
@@ -314,6 +352,7 @@ struct Worker {
     queue: mpsc::Receiver<NetCommand>,
     pending: Arc<AtomicBool>,
     inbound: tokio_mpsc::Sender<Inbound>,
+    budget: Arc<InboundBudget>,
     admitted: HashSet<PeerId>,
     /// Peers whose queue was full, logged once until they catch up.
     stalled: HashSet<PeerId>,
@@ -427,6 +466,9 @@ impl Worker {
     }
 
     fn forward(&self, msg: Inbound) -> bool {
+        if let Inbound::Command { bytes, .. } | Inbound::Update { bytes, .. } = &msg {
+            self.budget.acquire(*bytes);
+        }
         // The session task is gone only when the server is stopping.
         self.inbound.blocking_send(msg).is_ok()
     }
@@ -449,6 +491,7 @@ impl Worker {
             return true;
         };
         let frames: Vec<Bytes> = parts.collect();
+        let bytes: usize = frames.iter().map(Bytes::len).sum();
         if frames.is_empty() {
             self.drop_bad_input(&peer, "empty message");
             return true;
@@ -472,7 +515,7 @@ impl Worker {
                     }
                 }
                 match Command::decode(&frames) {
-                    Ok(command) => self.forward(Inbound::Command { peer, command }),
+                    Ok(command) => self.forward(Inbound::Command { peer, command, bytes }),
                     Err(e) => {
                         self.drop_bad_input(&peer, &format!("malformed command: {e}"));
                         true
@@ -489,6 +532,7 @@ impl Worker {
                         peer,
                         update: Box::new(update),
                         frames: Arc::new(frames),
+                        bytes,
                     }),
                     Err(e) => {
                         self.drop_bad_input(&peer, &format!("malformed update: {e}"));
@@ -516,5 +560,31 @@ impl Worker {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbound_budget_holds_senders_until_the_session_catches_up() {
+        let budget = Arc::new(InboundBudget::default());
+        budget.acquire(MAX_INBOUND_BYTES - 10);
+        let waiting = {
+            let budget = budget.clone();
+            std::thread::spawn(move || {
+                budget.acquire(100);
+                Instant::now()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let released = Instant::now();
+        budget.release(MAX_INBOUND_BYTES - 10);
+        let got_through = waiting.join().unwrap();
+        assert!(got_through >= released, "the second message waited for room");
+        // A message larger than the whole budget passes when alone.
+        budget.release(100);
+        budget.acquire(MAX_INBOUND_BYTES * 2);
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::net::{self, Inbound, NetConfig, NetError, Network};
+use crate::net::{self, Inbound, InboundBudget, NetConfig, NetError, Network};
 use crate::session::{Outgoing, SessionConfig, SessionState};
 use crate::shutdown::Shutdown;
 use crate::store::writer::{self, SaveJob, SaveOutcome};
@@ -47,10 +47,21 @@ fn dispatch(session: &mut SessionState, net: &mut Network) {
     net.flush();
 }
 
-fn handle(session: &mut SessionState, event: Inbound) {
+fn handle(session: &mut SessionState, budget: &InboundBudget, event: Inbound) {
     match event {
-        Inbound::Command { peer, command } => session.handle_command(peer, command),
-        Inbound::Update { peer, update, frames } => session.handle_update(peer, *update, frames),
+        Inbound::Command { peer, command, bytes } => {
+            session.handle_command(peer, command);
+            budget.release(bytes);
+        }
+        Inbound::Update {
+            peer,
+            update,
+            frames,
+            bytes,
+        } => {
+            session.handle_update(peer, *update, frames);
+            budget.release(bytes);
+        }
         Inbound::Heartbeat(event) => session.handle_heartbeat(event),
     }
 }
@@ -206,6 +217,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     };
 
     let (tx, mut rx) = mpsc::channel(net::INBOUND_CAPACITY);
+    let budget = Arc::new(InboundBudget::default());
     let mut net = net::start(
         &NetConfig {
             bind_address: config.bind_address.clone(),
@@ -214,6 +226,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             timeout_ms: config.timeout_ms,
         },
         tx,
+        budget.clone(),
     )?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -278,10 +291,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                handle(&mut session, event);
+                handle(&mut session, &budget, event);
                 for _ in 1..EVENT_BATCH {
                     match rx.try_recv() {
-                        Ok(event) => handle(&mut session, event),
+                        Ok(event) => handle(&mut session, &budget, event),
                         Err(_) => break,
                     }
                 }
@@ -300,6 +313,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         }
     }
     drop(rx);
+    // Wake socket threads waiting for room in the queue: they find it
+    // closed and stop.
+    budget.release(usize::MAX);
     net.shutdown();
     saver.journal(&mut session);
     saver.request(&mut session, "shutdown", false);
