@@ -122,56 +122,61 @@ fn auth_answers_lobby_then_running() {
     assert_eq!(login(&mut s, 2, "bob", false), "RUNNING");
 }
 
+/// Sends an Auth and returns the answer the sender got.
+fn try_auth(s: &mut SessionState, p: u8, user: &str, admin: bool, spwd: Value, apwd: Value, version: &str) -> String {
+    s.handle_command(
+        peer(p),
+        cmd(CommandKind::Auth, user, auth_data(user, admin, spwd, apwd, version)),
+    );
+    last_auth(s, p)
+}
+
 #[test]
 fn auth_refusals_in_python_order() {
     let mut s = session("spw");
     assert_eq!(login(&mut s, 1, "alice", false), WRONG_SERVER);
-    s.handle_command(
-        peer(1),
-        cmd(
-            CommandKind::Auth,
-            "a",
-            auth_data("alice", false, Value::str("spw"), Value::None, "0.9.10"),
-        ),
+    assert_eq!(
+        try_auth(&mut s, 1, "alice", false, Value::str("spw"), Value::None, "0.9.10"),
+        "LOBBY"
     );
-    s.drain_out();
     // Same name again: already logged in wins over every other check.
-    s.handle_command(
-        peer(2),
-        cmd(
-            CommandKind::Auth,
-            "a",
-            auth_data("alice", true, Value::None, Value::str("x"), "0.1"),
+    let refusals = [
+        (
+            2,
+            "alice",
+            true,
+            Value::None,
+            Value::str("x"),
+            "FAILED: client already logged in",
         ),
-    );
-    assert_eq!(last_auth(&mut s, 2), "FAILED: client already logged in");
-    s.handle_command(
-        peer(3),
-        cmd(
-            CommandKind::Auth,
-            "b",
-            auth_data("bob", true, Value::None, Value::str("x"), "0.1"),
+        (
+            3,
+            "bob",
+            true,
+            Value::None,
+            Value::str("x"),
+            "FAILED: wrong admin password",
         ),
-    );
-    assert_eq!(last_auth(&mut s, 3), "FAILED: wrong admin password");
-    s.handle_command(
-        peer(3),
-        cmd(
-            CommandKind::Auth,
-            "b",
-            auth_data("bob", false, Value::str("nope"), Value::None, "0.1"),
+        (
+            3,
+            "bob",
+            false,
+            Value::str("nope"),
+            Value::None,
+            "FAILED: wrong server password",
         ),
-    );
-    assert_eq!(last_auth(&mut s, 3), "FAILED: wrong server password");
-    s.handle_command(
-        peer(3),
-        cmd(
-            CommandKind::Auth,
-            "b",
-            auth_data("bob", false, Value::str("spw"), Value::None, "0.1"),
+        (
+            3,
+            "bob",
+            false,
+            Value::str("spw"),
+            Value::None,
+            "FAILED: wrong client version (0.1 != 0.9.10)",
         ),
-    );
-    assert_eq!(last_auth(&mut s, 3), "FAILED: wrong client version (0.1 != 0.9.10)");
+    ];
+    for (p, user, admin, spwd, apwd, want) in refusals {
+        assert_eq!(try_auth(&mut s, p, user, admin, spwd, apwd, "0.1"), want);
+    }
     assert_eq!(s.client_count(), 1);
 }
 
