@@ -137,7 +137,7 @@ impl Saver {
         self.in_flight = Some(session.change_count());
     }
 
-    /// A save finished. Returns true when another one was started.
+    /// A save finished: log it, and start the save that waited for it.
     fn finished(&mut self, session: &mut SessionState, outcome: SaveOutcome) {
         let changes = self.in_flight.take().unwrap_or(self.saved_changes);
         match outcome.result {

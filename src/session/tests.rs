@@ -87,21 +87,31 @@ fn node_frames(uuid: &str, owner: &str, data: &Value) -> Vec<Bytes> {
     .frames(owner)
 }
 
-fn init_session(s: &mut SessionState, admin: u8, nodes: &[(&str, Value)]) {
-    let uuids = Value::List(nodes.iter().map(|(u, _)| Value::str(u)).collect());
-    let init = dict([
+/// ServerSnapshot INIT announcing `nodes`.
+fn init_cmd(nodes: &[&str]) -> Command {
+    let data = dict([
         ("STATE", Value::str("INIT")),
         ("SIZE", Value::Int(nodes.len() as i64)),
-        ("NODES", uuids),
+        ("NODES", Value::List(nodes.iter().map(|u| Value::str(u)).collect())),
     ]);
-    s.handle_command(peer(admin), cmd(CommandKind::ServerSnapshot, "server", init));
+    cmd(CommandKind::ServerSnapshot, "server", data)
+}
+
+/// ServerSnapshot SET carrying one node's frames.
+fn set_cmd(frames: &[Bytes]) -> Command {
+    let data = dict([
+        ("STATE", Value::str("SET")),
+        ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect())),
+    ]);
+    cmd(CommandKind::ServerSnapshot, "server", data)
+}
+
+fn init_session(s: &mut SessionState, admin: u8, nodes: &[(&str, Value)]) {
+    let uuids: Vec<&str> = nodes.iter().map(|(u, _)| *u).collect();
+    s.handle_command(peer(admin), init_cmd(&uuids));
     for (u, data) in nodes {
         let frames = node_frames(u, "COMMON", data);
-        let set = dict([
-            ("STATE", Value::str("SET")),
-            ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect())),
-        ]);
-        s.handle_command(peer(admin), cmd(CommandKind::ServerSnapshot, "server", set));
+        s.handle_command(peer(admin), set_cmd(&frames));
     }
     s.handle_command(
         peer(admin),
@@ -287,9 +297,7 @@ fn init_stores_nodes_and_sends_catalog_to_waiting_clients() {
     let mut s = session("");
     login(&mut s, 1, "alice", true);
     login(&mut s, 2, "bob", false);
-    let uuids = Value::List(vec![Value::str("n1"), Value::str("n2")]);
-    let init = dict([("STATE", Value::str("INIT")), ("SIZE", Value::Int(2)), ("NODES", uuids)]);
-    s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", init));
+    s.handle_command(peer(1), init_cmd(&["n1", "n2"]));
     let out = s.drain_out();
     assert_eq!(
         sent_to(&out, &peer(1))[0].data.get("STATE"),
@@ -298,11 +306,7 @@ fn init_stores_nodes_and_sends_catalog_to_waiting_clients() {
     assert_eq!(s.state(), ServerState::SrvSync);
     for u in ["n1", "n2"] {
         let frames = node_frames(u, "alice", &Value::str(u));
-        let set = dict([
-            ("STATE", Value::str("SET")),
-            ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect())),
-        ]);
-        s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", set));
+        s.handle_command(peer(1), set_cmd(&frames));
     }
     let out = s.drain_out();
     assert_eq!(sent_to(&out, &peer(1))[0].data.get("STATE"), Some(&Value::str("DONE")));
@@ -321,14 +325,8 @@ fn init_is_rejected_while_active_and_from_non_admins() {
     let mut s = session("");
     login(&mut s, 1, "alice", true);
     login(&mut s, 2, "bob", false);
-    let init = || {
-        dict([
-            ("STATE", Value::str("INIT")),
-            ("SIZE", Value::Int(1)),
-            ("NODES", Value::List(vec![Value::str("n")])),
-        ])
-    };
-    s.handle_command(peer(2), cmd(CommandKind::ServerSnapshot, "server", init()));
+    let init = || init_cmd(&["n"]);
+    s.handle_command(peer(2), init());
     let out = s.drain_out();
     assert_eq!(
         sent_to(&out, &peer(2))[0].data.get("STATE"),
@@ -336,7 +334,7 @@ fn init_is_rejected_while_active_and_from_non_admins() {
     );
     init_session(&mut s, 1, &[("n1", Value::Int(1))]);
     s.drain_out();
-    s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", init()));
+    s.handle_command(peer(1), init());
     let out = s.drain_out();
     assert_eq!(
         sent_to(&out, &peer(1))[0].data.get("STATE"),
@@ -349,18 +347,9 @@ fn init_is_rejected_while_active_and_from_non_admins() {
 fn stray_snapshot_set_is_ignored() {
     let mut s = session("");
     login(&mut s, 1, "alice", true);
-    let init = dict([
-        ("STATE", Value::str("INIT")),
-        ("SIZE", Value::Int(1)),
-        ("NODES", Value::List(vec![Value::str("n1")])),
-    ]);
-    s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", init));
+    s.handle_command(peer(1), init_cmd(&["n1"]));
     let frames = node_frames("intruder", "alice", &Value::Int(0));
-    let set = dict([
-        ("STATE", Value::str("SET")),
-        ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect())),
-    ]);
-    s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", set));
+    s.handle_command(peer(1), set_cmd(&frames));
     assert!(!s.graph().contains("intruder"));
     assert_eq!(s.state(), ServerState::SrvSync);
 }
@@ -582,12 +571,7 @@ fn heartbeat_latency_and_loss() {
 fn uploader_leaving_mid_init_resets_to_waiting() {
     let mut s = session("");
     login(&mut s, 1, "alice", true);
-    let init = dict([
-        ("STATE", Value::str("INIT")),
-        ("SIZE", Value::Int(2)),
-        ("NODES", Value::List(vec![Value::str("a"), Value::str("b")])),
-    ]);
-    s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", init));
+    s.handle_command(peer(1), init_cmd(&["a", "b"]));
     s.handle_heartbeat(HeartbeatEvent::Lost(peer(1)));
     assert_eq!(s.state(), ServerState::Waiting);
     assert_eq!(login(&mut s, 2, "bob", true), "LOBBY");
@@ -716,18 +700,9 @@ fn saved_session_restores_active_with_nodes_common_and_retained_metadata() {
 fn partial_upload_is_not_restored() {
     let mut s = session("");
     login(&mut s, 1, "alice", true);
-    let init = dict([
-        ("STATE", Value::str("INIT")),
-        ("SIZE", Value::Int(2)),
-        ("NODES", Value::List(vec![Value::str("a"), Value::str("b")])),
-    ]);
-    s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", init));
+    s.handle_command(peer(1), init_cmd(&["a", "b"]));
     let frames = node_frames("a", "COMMON", &Value::Int(1));
-    let set = dict([
-        ("STATE", Value::str("SET")),
-        ("DATA", Value::List(frames.iter().map(|f| Value::bytes(f)).collect())),
-    ]);
-    s.handle_command(peer(1), cmd(CommandKind::ServerSnapshot, "server", set));
+    s.handle_command(peer(1), set_cmd(&frames));
     let mut r = session("");
     let restored = r.restore(crate::store::SessionImage::default(), s.drain_journal());
     assert!(!restored.initialized);
