@@ -208,6 +208,17 @@ pub fn encode_dependencies(deps: &Dependencies) -> Bytes {
     Bytes::from(pickle::encode(&value))
 }
 
+/// The frames of a full node: `[type, uuid, owner, deps, data]`.
+pub fn node_frames(uuid: &str, owner: &str, raw_dependencies: Bytes, raw_data: Bytes) -> Vec<Bytes> {
+    vec![
+        type_frame(TYPE_NODE),
+        Bytes::copy_from_slice(uuid.as_bytes()),
+        Bytes::copy_from_slice(owner.as_bytes()),
+        raw_dependencies,
+        raw_data,
+    ]
+}
+
 /// A full node as it travels: `[type, uuid, owner, deps, data]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeFrames {
@@ -249,13 +260,7 @@ impl NodeFrames {
 
     /// The node's wire frames with the given owner.
     pub fn frames(&self, owner: &str) -> Vec<Bytes> {
-        vec![
-            type_frame(TYPE_NODE),
-            Bytes::copy_from_slice(self.uuid.as_bytes()),
-            Bytes::copy_from_slice(owner.as_bytes()),
-            self.raw_dependencies.clone(),
-            self.raw_data.clone(),
-        ]
+        node_frames(&self.uuid, owner, self.raw_dependencies.clone(), self.raw_data.clone())
     }
 
     /// The node frames carried inside a snapshot command (`'DATA': [bytes]`).

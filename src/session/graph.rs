@@ -74,13 +74,8 @@ impl StoredNode {
     }
 
     pub fn frames(&mut self, uuid: &str) -> Vec<Bytes> {
-        vec![
-            wire::type_frame(wire::TYPE_NODE),
-            Bytes::copy_from_slice(uuid.as_bytes()),
-            Bytes::copy_from_slice(self.owner.as_bytes()),
-            self.raw_dependencies.clone(),
-            self.raw_data(),
-        ]
+        let raw_data = self.raw_data();
+        wire::node_frames(uuid, &self.owner, self.raw_dependencies.clone(), raw_data)
     }
 }
 
