@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 ADDON_PKGS="replication==0.9.10 pyzmq==26.2.1 deepdiff==8.1.1 orderly-set==5.2.3"
 UPSTREAM_PKGS="replication==0.9.10"
-TEST_PKGS=(pytest==8.3.4 pyyaml==6.0.2)
+TEST_PKGS=(pytest==8.3.4 pyyaml==6.0.2 prometheus-client==0.21.1)
 
 make_venv() {
     local dir=$1 mode=$2 pkgs=$3

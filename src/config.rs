@@ -63,6 +63,15 @@ impl LogLevel {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What follows PORT: command, data, heartbeat, then the admin endpoint.
+pub const ADMIN_PORT_OFFSET: u16 = 3;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Command port; data is `port + 1`, heartbeat `port + 2`.
@@ -73,6 +82,9 @@ pub struct Config {
     pub server_password: String,
     pub log_level: LogLevel,
     pub log_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// The admin HTTP endpoint; None when disabled.
+    pub admin_addr: Option<std::net::SocketAddr>,
     pub max_message_size: i64,
     /// Address the three sockets bind to.
     pub bind_address: String,
@@ -90,6 +102,20 @@ impl Config {
 
     pub fn uses_default_admin_password(&self) -> bool {
         self.admin_password == DEFAULT_ADMIN_PASSWORD
+    }
+
+    /// Where a local admin command reaches the admin endpoint: the same
+    /// address, or loopback when it listens on every interface.
+    pub fn admin_target(&self) -> Option<std::net::SocketAddr> {
+        self.admin_addr.map(|mut a| {
+            if a.ip().is_unspecified() {
+                a.set_ip(match a.ip() {
+                    std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            a
+        })
     }
 
     pub fn data_port(&self) -> u16 {
@@ -136,6 +162,12 @@ pub struct ServeArgs {
     /// Also write the log to this file (-lf)
     #[arg(long = "log-file", env = "LOG_FILE")]
     pub log_file: Option<String>,
+    /// Log lines as text or json
+    #[arg(long = "log-format", env = "LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Admin HTTP endpoint, HOST:PORT (default 127.0.0.1:PORT+3; empty or "off" disables it)
+    #[arg(long = "admin-addr", env = "ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
     /// Accepted for compatibility with the Python server; no effect
     #[arg(long = "attached")]
     pub attached: bool,
@@ -241,6 +273,32 @@ impl ServeArgs {
                 LogLevel::parse(s).ok_or_else(|| invalid("LOG_LEVEL (-l/--log-level)", s, LogLevel::ACCEPTED))?
             }
         };
+        let log_format = match self.log_format.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
+            None => LogFormat::Text,
+            Some(s) if s.is_empty() || s == "text" => LogFormat::Text,
+            Some(s) if s == "json" => LogFormat::Json,
+            Some(s) => return Err(invalid("LOG_FORMAT (--log-format)", &s, "text or json")),
+        };
+        let admin_addr = match self.admin_addr.as_deref().map(str::trim) {
+            None => Some(std::net::SocketAddr::from((
+                std::net::Ipv4Addr::LOCALHOST,
+                port.checked_add(ADMIN_PORT_OFFSET).ok_or_else(|| {
+                    invalid(
+                        "PORT (-p/--port)",
+                        &port.to_string(),
+                        "a port number from 1 to 65532 while ADMIN_ADDR uses PORT+3 (or set ADMIN_ADDR)",
+                    )
+                })?,
+            ))),
+            Some("") | Some("off") => None,
+            Some(s) => Some(s.parse::<std::net::SocketAddr>().map_err(|_| {
+                invalid(
+                    "ADMIN_ADDR (--admin-addr)",
+                    s,
+                    "HOST:PORT such as 127.0.0.1:5558, or empty to disable the admin endpoint",
+                )
+            })?),
+        };
         let max_message_size = match self.max_message_size.as_deref().map(str::trim) {
             None | Some("") => DEFAULT_MAX_MESSAGE_SIZE,
             Some(s) => s
@@ -330,6 +388,8 @@ impl ServeArgs {
             server_password: self.server_password.unwrap_or_default(),
             log_level,
             log_file: self.log_file.filter(|p| !p.is_empty()).map(PathBuf::from),
+            log_format,
+            admin_addr,
             max_message_size,
             bind_address,
         })
@@ -388,6 +448,28 @@ mod tests {
         assert_eq!(c.retained_keys, ["tasks", "chat_messages"]);
         assert!(c.uses_default_admin_password());
         assert!(!c.is_private());
+        assert_eq!(c.admin_addr, Some("127.0.0.1:5558".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn admin_address_and_log_format() {
+        let c = parse(&["-p", "7000", "--admin-addr", "0.0.0.0:9000", "--log-format", "JSON"]).unwrap();
+        assert_eq!(c.admin_addr, Some("0.0.0.0:9000".parse().unwrap()));
+        assert_eq!(c.admin_target(), Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(
+            parse(&["-p", "7000"]).unwrap().admin_addr,
+            Some("127.0.0.1:7003".parse().unwrap())
+        );
+        assert_eq!(parse(&["--admin-addr", ""]).unwrap().admin_addr, None);
+        assert_eq!(parse(&["--admin-addr", "off"]).unwrap().admin_addr, None);
+        let e = parse(&["--admin-addr", "localhost"]).unwrap_err();
+        assert!(e.to_string().starts_with("invalid ADMIN_ADDR"), "{e}");
+        let e = parse(&["--log-format", "xml"]).unwrap_err();
+        assert!(e.to_string().contains("text or json"), "{e}");
+        assert!(parse(&["-p", "65533"]).is_err(), "PORT+3 would not exist");
+        assert!(parse(&["-p", "65533", "--admin-addr", ""]).is_ok());
     }
 
     #[test]

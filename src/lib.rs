@@ -1,9 +1,11 @@
 //! A drop-in server for Blender Multi-User's `replication` 0.9.10 protocol.
 
+pub mod admin;
 pub mod config;
 pub mod delta;
 pub mod health;
 pub mod heartbeat;
+pub mod metrics;
 pub mod net;
 pub mod pickle;
 pub mod recovery;

@@ -2,7 +2,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use replication_server::config::{Config, ServeArgs, normalize_legacy_flags};
+use replication_server::admin::{self, client, client::ClientError};
+use replication_server::config::{Config, LogFormat, ServeArgs, normalize_legacy_flags};
 use replication_server::{health, server, store};
 
 /// How long `health` waits for the server's answer.
@@ -29,7 +30,27 @@ enum Sub {
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
     },
-    /// Write the session of DATA_DIR as a replication session dump (.db)
+    /// Who is online, with admin flag and latency (asks the running server)
+    Users {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disconnect a user from the running server
+    Kick {
+        /// The user name, as listed by `users`
+        name: String,
+    },
+    /// Make the running server write a snapshot now; returns once it is on disk
+    Save,
+    /// The running server's health: state, users, nodes, last save (exit 1 when unhealthy)
+    Status {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the session as a replication session dump (.db): from the running
+    /// server when one answers, else from DATA_DIR
     Export {
         /// Where to write the dump
         file: std::path::PathBuf,
@@ -41,7 +62,119 @@ enum Sub {
     },
 }
 
-fn export(config: &Config, file: &std::path::Path) -> Result<String, String> {
+/// Failure of a subcommand: its message and exit code.
+struct Failure(String, u8);
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure(e.to_string(), e.exit_code())
+    }
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure(e, 1)
+    }
+}
+
+fn admin_target(config: &Config) -> Result<std::net::SocketAddr, Failure> {
+    config.admin_target().ok_or_else(|| {
+        Failure(
+            "the admin endpoint is disabled (ADMIN_ADDR is empty); set ADMIN_ADDR on the server and here".into(),
+            2,
+        )
+    })
+}
+
+/// A JSON request whose 2xx answer is returned; anything else is an error.
+fn ask(config: &Config, method: &str, path: &str, timeout: Duration) -> Result<serde_json::Value, Failure> {
+    let addr = admin_target(config)?;
+    let (code, json) = client::call_json(addr, method, path, &config.admin_password, timeout)?;
+    if (200..300).contains(&code) {
+        Ok(json)
+    } else {
+        Err(client::refusal(code, &json).into())
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> Result<T, Failure> {
+    serde_json::from_value(json).map_err(|e| Failure(format!("unexpected answer from the server: {e}"), 1))
+}
+
+fn users(config: &Config, json: bool) -> Result<String, Failure> {
+    let answer = ask(config, "GET", "/users", client::QUICK_TIMEOUT)?;
+    if json {
+        return Ok(answer.to_string());
+    }
+    let users: Vec<admin::UserInfo> = parse(answer.get("users").cloned().unwrap_or_default())?;
+    Ok(admin::users_table(&users))
+}
+
+fn kick(config: &Config, name: &str) -> Result<String, Failure> {
+    let path = format!("/users/{}/kick", client::path_segment(name));
+    ask(config, "POST", &path, client::QUICK_TIMEOUT)?;
+    Ok(format!("kicked {name}"))
+}
+
+fn save(config: &Config) -> Result<String, Failure> {
+    let report: admin::SaveReport = parse(ask(config, "POST", "/save", client::LONG_TIMEOUT)?)?;
+    Ok(admin::save_text(&report))
+}
+
+fn status(config: &Config, json: bool) -> Result<String, Failure> {
+    let addr = admin_target(config)?;
+    // 503 still carries the health report: show it, then fail.
+    let (code, answer) = client::call_json(addr, "GET", "/health", &config.admin_password, client::QUICK_TIMEOUT)?;
+    if code != 200 && code != 503 {
+        return Err(client::refusal(code, &answer).into());
+    }
+    let text = if json {
+        answer.to_string()
+    } else {
+        admin::health_text(&parse::<admin::Health>(answer)?)
+    };
+    if code == 200 { Ok(text) } else { Err(Failure(text, 1)) }
+}
+
+/// Export from the running server, or from DATA_DIR when none answers.
+fn export(config: &Config, file: &std::path::Path) -> Result<String, Failure> {
+    let Some(addr) = config.admin_target() else {
+        return export_from_dir(config, file).map_err(Failure::from);
+    };
+    let tmp = file.with_extension("db.partial");
+    let mut out = std::fs::File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    let result = client::call_into(
+        addr,
+        "GET",
+        "/export",
+        &config.admin_password,
+        client::LONG_TIMEOUT,
+        &mut out,
+    );
+    drop(out);
+    let answer = match result {
+        Ok(r) if r.status == 200 => {
+            std::fs::rename(&tmp, file).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+            return Ok(format!(
+                "exported the running server's session to {} ({size} bytes)",
+                file.display()
+            ));
+        }
+        Ok(r) => {
+            let json = serde_json::from_slice(&r.body).unwrap_or_default();
+            Err(client::refusal(r.status, &json).into())
+        }
+        Err(ClientError::Unreachable(..)) => export_from_dir(config, file)
+            .map(|msg| format!("no server answers on {addr}; {msg}"))
+            .map_err(Failure::from),
+        Err(e) => Err(e.into()),
+    };
+    let _ = std::fs::remove_file(&tmp);
+    answer
+}
+
+fn export_from_dir(config: &Config, file: &std::path::Path) -> Result<String, String> {
     let mut session = replication_server::session::SessionState::new(replication_server::session::SessionConfig::new(
         &config.admin_password,
         &config.server_password,
@@ -88,13 +221,24 @@ fn import(config: &Config, file: &std::path::Path) -> Result<String, String> {
     ))
 }
 
+/// One log output in the configured format.
+fn log_layer<S, W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer).with_target(false);
+    match format {
+        LogFormat::Text => Box::new(layer.with_ansi(ansi)),
+        LogFormat::Json => Box::new(layer.json().flatten_event(true).with_current_span(false)),
+    }
+}
+
 fn init_logging(config: &Config) -> Result<(), String> {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::new(config.log_level.as_filter());
-    let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let stderr = log_layer(config.log_format, std::io::stderr, ansi);
     let file = match &config.log_file {
         Some(path) => {
             let f = std::fs::OpenOptions::new()
@@ -102,12 +246,7 @@ fn init_logging(config: &Config) -> Result<(), String> {
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("cannot open LOG_FILE {}: {e}", path.display()))?;
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::sync::Mutex::new(f))
-                    .with_ansi(false)
-                    .with_target(false),
-            )
+            Some(log_layer(config.log_format, std::sync::Mutex::new(f), false))
         }
         None => None,
     };
@@ -119,15 +258,15 @@ fn init_logging(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn report(result: Result<String, String>) -> ExitCode {
+fn report(result: Result<String, Failure>) -> ExitCode {
     match result {
         Ok(msg) => {
             println!("{msg}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Err(Failure(e, code)) => {
             eprintln!("replication-server: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }
@@ -164,8 +303,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Sub::Users { json }) => report(users(&config, json)),
+        Some(Sub::Kick { name }) => report(kick(&config, &name)),
+        Some(Sub::Save) => report(save(&config)),
+        Some(Sub::Status { json }) => report(status(&config, json)),
         Some(Sub::Export { file }) => report(export(&config, &file)),
-        Some(Sub::Import { file }) => report(import(&config, &file)),
+        Some(Sub::Import { file }) => report(import(&config, &file).map_err(Failure::from)),
         None => {
             if let Err(e) = init_logging(&config) {
                 eprintln!("replication-server: {e}");

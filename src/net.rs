@@ -18,6 +18,7 @@ use tokio::sync::mpsc as tokio_mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::heartbeat::{self, HeartbeatMonitor};
+use crate::metrics::{DropReason, NetMetrics, type_slot};
 use crate::session::{Channel, HeartbeatEvent, PeerId, peer_name};
 use crate::wire::{self, Command, CommandKind, Update};
 
@@ -100,6 +101,8 @@ pub enum Inbound {
         update: Box<Update>,
         frames: Arc<Vec<Bytes>>,
         bytes: usize,
+        /// When the socket thread read it, for the relay latency.
+        received_at: Instant,
     },
     Heartbeat(HeartbeatEvent),
 }
@@ -117,6 +120,9 @@ pub struct Outbox {
     wake: zmq::Socket,
     pending: Arc<AtomicBool>,
     dirty: bool,
+    /// Shared with the thread: set before a Shutdown, so the thread knows
+    /// its end is wanted.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Outbox {
@@ -149,6 +155,7 @@ impl Outbox {
     }
 
     fn shutdown(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.push(NetCommand::Shutdown);
         self.flush();
     }
@@ -242,6 +249,7 @@ pub fn start(
     cfg: &NetConfig,
     inbound: tokio_mpsc::Sender<Inbound>,
     budget: Arc<InboundBudget>,
+    metrics: Arc<NetMetrics>,
 ) -> Result<Network, NetError> {
     let ctx = zmq::Context::new();
     let sockets = [
@@ -262,6 +270,7 @@ pub fn start(
         wake_tx.connect(&endpoint)?;
         let (tx, rx) = mpsc::channel();
         let pending = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             channel,
             name,
@@ -271,6 +280,8 @@ pub fn start(
             pending: pending.clone(),
             inbound: inbound.clone(),
             budget: budget.clone(),
+            metrics: metrics.clone(),
+            stopping: stopping.clone(),
             admitted: HashSet::new(),
             stalled: HashSet::new(),
             stranger_log: RateLimitedLog::default(),
@@ -287,6 +298,7 @@ pub fn start(
             wake: wake_tx,
             pending,
             dirty: false,
+            stopping,
         });
     }
     let mut it = outboxes.into_iter();
@@ -353,6 +365,8 @@ struct Worker {
     pending: Arc<AtomicBool>,
     inbound: tokio_mpsc::Sender<Inbound>,
     budget: Arc<InboundBudget>,
+    metrics: Arc<NetMetrics>,
+    stopping: Arc<AtomicBool>,
     admitted: HashSet<PeerId>,
     /// Peers whose queue was full, logged once until they catch up.
     stalled: HashSet<PeerId>,
@@ -364,7 +378,23 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self) {
+    fn run(self) {
+        let metrics = self.metrics.clone();
+        let name = self.name;
+        let stopping = self.stopping.clone();
+        self.serve();
+        // Only a shutdown may stop a socket thread; anything else makes
+        // the server unhealthy.
+        if !stopping.load(Ordering::SeqCst) {
+            error!(
+                port = name,
+                "socket thread stopped; the server no longer serves this port"
+            );
+            metrics.thread_down();
+        }
+    }
+
+    fn serve(mut self) {
         debug!(port = self.name, "socket thread started");
         let mut monitor = HeartbeatMonitor::new(self.timeout_ms, now_ms());
         loop {
@@ -447,9 +477,13 @@ impl Worker {
         }
         match result {
             Ok(()) => {
+                let slot = frames.first().map(|f| type_slot(self.channel, f)).unwrap_or(0);
+                self.metrics
+                    .sent(self.channel, slot, frames.iter().map(Bytes::len).sum());
                 self.stalled.remove(to);
             }
             Err(zmq::Error::EAGAIN) => {
+                self.metrics.dropped(self.channel, DropReason::QueueFull);
                 if self.stalled.insert(to.clone()) {
                     warn!(
                         port = self.name,
@@ -473,7 +507,8 @@ impl Worker {
         self.inbound.blocking_send(msg).is_ok()
     }
 
-    fn drop_bad_input(&mut self, peer: &[u8], reason: &str) {
+    fn drop_bad_input(&mut self, peer: &[u8], why: DropReason, reason: &str) {
+        self.metrics.dropped(self.channel, why);
         let log = if self.admitted.contains(peer) {
             &mut self.client_log
         } else {
@@ -486,6 +521,7 @@ impl Worker {
 
     /// Decodes one message. False when the session is gone.
     fn on_message(&mut self, parts: Vec<Vec<u8>>, monitor: &mut HeartbeatMonitor) -> bool {
+        let received_at = Instant::now();
         let mut parts = parts.into_iter().map(Bytes::from);
         let Some(peer) = parts.next() else {
             return true;
@@ -493,9 +529,11 @@ impl Worker {
         let frames: Vec<Bytes> = parts.collect();
         let bytes: usize = frames.iter().map(Bytes::len).sum();
         if frames.is_empty() {
-            self.drop_bad_input(&peer, "empty message");
+            self.drop_bad_input(&peer, DropReason::Malformed, "empty message");
             return true;
         }
+        self.metrics
+            .received(self.channel, type_slot(self.channel, &frames[0]), bytes);
         match self.channel {
             Channel::Heartbeat => {
                 if frames.len() == 1 && monitor.on_frame(&peer, &frames[0], now_ms()) {
@@ -510,21 +548,29 @@ impl Worker {
                         Some(CommandKind::Auth | CommandKind::RequestServerInfo)
                     );
                     if !allowed {
-                        self.drop_bad_input(&peer, "not logged in: only Auth and RequestServerInfo are accepted");
+                        self.drop_bad_input(
+                            &peer,
+                            DropReason::Unauthenticated,
+                            "not logged in: only Auth and RequestServerInfo are accepted",
+                        );
                         return true;
                     }
                 }
                 match Command::decode(&frames) {
                     Ok(command) => self.forward(Inbound::Command { peer, command, bytes }),
                     Err(e) => {
-                        self.drop_bad_input(&peer, &format!("malformed command: {e}"));
+                        self.drop_bad_input(&peer, DropReason::Malformed, &format!("malformed command: {e}"));
                         true
                     }
                 }
             }
             Channel::Data => {
                 if !self.admitted.contains(&peer) {
-                    self.drop_bad_input(&peer, "not logged in: data is only accepted from logged-in users");
+                    self.drop_bad_input(
+                        &peer,
+                        DropReason::Unauthenticated,
+                        "not logged in: data is only accepted from logged-in users",
+                    );
                     return true;
                 }
                 match Update::decode(&frames) {
@@ -533,9 +579,10 @@ impl Worker {
                         update: Box::new(update),
                         frames: Arc::new(frames),
                         bytes,
+                        received_at,
                     }),
                     Err(e) => {
-                        self.drop_bad_input(&peer, &format!("malformed update: {e}"));
+                        self.drop_bad_input(&peer, DropReason::Malformed, &format!("malformed update: {e}"));
                         true
                     }
                 }
@@ -551,6 +598,7 @@ impl Worker {
         if let Some(tick) = monitor.tick(now) {
             for peer in tick.lost {
                 info!(peer = %peer_name(&peer), "heartbeat lost");
+                self.metrics.heartbeat_timeout();
                 if !self.forward(Inbound::Heartbeat(HeartbeatEvent::Lost(peer))) {
                     return false;
                 }

@@ -6,12 +6,14 @@ use std::fs::File;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
+use crate::admin::{self, AdminRequest, SaveReport, Status, UserInfo};
 use crate::config::Config;
+use crate::metrics::{Gauges, Histogram, NetMetrics, SaveStats};
 use crate::net::{self, Inbound, InboundBudget, NetConfig, NetError, Network};
-use crate::session::{Outgoing, SessionConfig, SessionState};
+use crate::session::{Outgoing, STATUS_ACTIVE, ServerState, SessionConfig, SessionState};
 use crate::shutdown::Shutdown;
 use crate::store::writer::{self, SaveJob, SaveOutcome};
 use crate::store::{DataDir, FsyncPolicy, JournalWriter, StoreError};
@@ -21,6 +23,8 @@ use crate::store::{DataDir, FsyncPolicy, JournalWriter, StoreError};
 const EVENT_BATCH: usize = 128;
 /// How often `JOURNAL_FSYNC=everysec` syncs the journal.
 const EVERYSEC: Duration = Duration::from_secs(1);
+/// Admin requests waiting for the session task; admins are few and patient.
+const ADMIN_QUEUE: usize = 64;
 /// How long shutdown waits for the final save before giving up.
 const FINAL_SAVE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -34,6 +38,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("cannot start the snapshot writer: {0}")]
     Writer(std::io::Error),
+    #[error(transparent)]
+    Admin(#[from] admin::http::AdminError),
 }
 
 fn dispatch(session: &mut SessionState, net: &mut Network) {
@@ -47,24 +53,67 @@ fn dispatch(session: &mut SessionState, net: &mut Network) {
     net.flush();
 }
 
-fn handle(session: &mut SessionState, budget: &InboundBudget, event: Inbound) {
+/// Handles one message; for an update, returns when it was received so the
+/// relay latency can be measured once it is handed to the sockets.
+fn handle(session: &mut SessionState, budget: &InboundBudget, event: Inbound) -> Option<std::time::Instant> {
     match event {
         Inbound::Command { peer, command, bytes } => {
             session.handle_command(peer, command);
             budget.release(bytes);
+            None
         }
         Inbound::Update {
             peer,
             update,
             frames,
             bytes,
+            received_at,
         } => {
             session.handle_update(peer, *update, frames);
             budget.release(bytes);
+            Some(received_at)
         }
-        Inbound::Heartbeat(event) => session.handle_heartbeat(event),
+        Inbound::Heartbeat(event) => {
+            session.handle_heartbeat(event);
+            None
+        }
     }
 }
+
+fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Waiting => "WAITING",
+        ServerState::SrvSync => "SYNCING",
+        ServerState::Active => "ACTIVE",
+    }
+}
+
+fn status(session: &SessionState, saver: &Saver, relay_latency: &Histogram) -> Status {
+    let users = session
+        .clients()
+        .map(|(_, c)| UserInfo {
+            name: c.username.clone(),
+            admin: c.admin,
+            latency_ms: c.latency,
+            status: if c.status == STATUS_ACTIVE { "active" } else { "lobby" }.to_string(),
+        })
+        .collect();
+    Status {
+        state: state_name(session.state()),
+        users,
+        gauges: Gauges {
+            users: session.client_count(),
+            nodes: session.graph().len(),
+            bytes_held: session.graph().bytes_held(),
+            active: session.state() == ServerState::Active,
+            session: session.stats.clone(),
+            relay_latency: relay_latency.clone(),
+            save: saver.stats(),
+        },
+    }
+}
+
+type SaveWaiter = oneshot::Sender<Result<SaveReport, String>>;
 
 /// Saving: the journal, the writer thread and what is in flight.
 struct Saver {
@@ -72,10 +121,16 @@ struct Saver {
     journal_sync: Arc<Mutex<Option<File>>>,
     jobs: std::sync::mpsc::Sender<SaveJob>,
     in_flight: Option<u64>,
+    /// Admins waiting for the save in flight.
+    waiters: Vec<SaveWaiter>,
     pending: Option<String>,
+    /// Admins waiting for the pending save; it is forced.
+    pending_waiters: Vec<SaveWaiter>,
     saved_changes: u64,
     journal_failing: bool,
     prev_journal: std::path::PathBuf,
+    snapshot: std::path::PathBuf,
+    stats: SaveStats,
 }
 
 impl Saver {
@@ -104,6 +159,35 @@ impl Saver {
         }
     }
 
+    fn stats(&self) -> SaveStats {
+        SaveStats {
+            journal_bytes: self.journal.bytes(),
+            journal_failing: self.journal_failing,
+            ..self.stats.clone()
+        }
+    }
+
+    /// A save an admin asked for: written even without changes, answered
+    /// once it is on disk.
+    fn request_for(&mut self, session: &mut SessionState, waiter: SaveWaiter) {
+        if self.in_flight.is_some() {
+            // The save in flight may hold an older state: wait for the next.
+            self.pending = Some("admin".to_string());
+            self.pending_waiters.push(waiter);
+            return;
+        }
+        self.waiters.push(waiter);
+        self.request(session, "admin", true);
+    }
+
+    fn failed(&mut self, cause: String) {
+        self.stats.failed += 1;
+        self.stats.last_error = Some(cause.clone());
+        for w in self.waiters.drain(..) {
+            let _ = w.send(Err(cause.clone()));
+        }
+    }
+
     fn request(&mut self, session: &mut SessionState, reason: &str, force: bool) {
         if self.in_flight.is_some() {
             self.pending = Some(reason.to_string());
@@ -117,6 +201,7 @@ impl Saver {
             Ok(g) => g,
             Err(e) => {
                 error!("Failed to save session: {e}");
+                self.failed(e.to_string());
                 return;
             }
         };
@@ -132,6 +217,7 @@ impl Saver {
         };
         if self.jobs.send(job).is_err() {
             error!("Failed to save session: the snapshot writer has stopped");
+            self.failed("the snapshot writer has stopped".into());
             return;
         }
         self.in_flight = Some(session.change_count());
@@ -143,6 +229,23 @@ impl Saver {
         match outcome.result {
             Ok(saved) => {
                 self.saved_changes = changes;
+                self.stats.succeeded += 1;
+                self.stats.last_error = None;
+                self.stats.last_success_at = Some(saved.at);
+                self.stats.last_duration_s = saved.duration.as_secs_f64();
+                self.stats.last_bytes = saved.bytes;
+                let report = SaveReport {
+                    reason: outcome.reason.clone(),
+                    nodes: saved.nodes,
+                    bytes: saved.bytes,
+                    duration_ms: saved.duration.as_millis() as u64,
+                    saved_at: crate::store::format_iso_utc(saved.at),
+                    snapshot: self.snapshot.display().to_string(),
+                    backup: saved.backup.display().to_string(),
+                };
+                for w in self.waiters.drain(..) {
+                    let _ = w.send(Ok(report.clone()));
+                }
                 info!(
                     nodes = saved.nodes,
                     bytes = saved.bytes,
@@ -152,13 +255,18 @@ impl Saver {
                     outcome.reason
                 );
             }
-            Err(cause) => error!(
-                "Failed to save session: {cause} (reason: {}); retrying at the next save",
-                outcome.reason
-            ),
+            Err(cause) => {
+                error!(
+                    "Failed to save session: {cause} (reason: {}); retrying at the next save",
+                    outcome.reason
+                );
+                self.failed(cause);
+            }
         }
         if let Some(reason) = self.pending.take() {
-            self.request(session, &reason, false);
+            let forced = !self.pending_waiters.is_empty();
+            self.waiters.append(&mut self.pending_waiters);
+            self.request(session, &reason, forced);
         }
     }
 }
@@ -210,14 +318,24 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         journal_sync,
         jobs,
         in_flight: None,
+        waiters: Vec::new(),
         pending: None,
+        pending_waiters: Vec::new(),
         saved_changes: session.change_count(),
         journal_failing: false,
         prev_journal: dir.prev_journal(),
+        snapshot: dir.snapshot(),
+        stats: SaveStats::default(),
     };
 
     let (tx, mut rx) = mpsc::channel(net::INBOUND_CAPACITY);
     let budget = Arc::new(InboundBudget::default());
+    let net_metrics = Arc::new(NetMetrics::default());
+    let (admin_tx, mut admin_rx) = mpsc::channel(ADMIN_QUEUE);
+    let admin_listener = match config.admin_addr {
+        Some(addr) => Some(admin::http::bind(addr, config.uses_default_admin_password()).await?),
+        None => None,
+    };
     let mut net = net::start(
         &NetConfig {
             bind_address: config.bind_address.clone(),
@@ -227,6 +345,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         },
         tx,
         budget.clone(),
+        net_metrics.clone(),
     )?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -284,6 +403,27 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if recovery.needs_save {
         saver.request(&mut session, "restore", true);
     }
+    match admin_listener {
+        Some(listener) => {
+            let password = config.admin_password.clone();
+            tokio::spawn(admin::http::serve(
+                listener,
+                admin_tx.clone(),
+                net_metrics.clone(),
+                password,
+            ));
+        }
+        None => info!("admin endpoint disabled (ADMIN_ADDR is empty)"),
+    }
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        match admin::shell::start(admin_tx.clone()) {
+            Ok(()) => info!("type help at the >> prompt for the admin commands"),
+            Err(e) => warn!("cannot start the admin shell: {e}"),
+        }
+    }
+    drop(admin_tx);
+    let mut relay_latency = Histogram::default();
+    let mut received = Vec::with_capacity(EVENT_BATCH);
 
     let period = Duration::from_secs(config.save_interval_s);
     let mut autosave = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -291,11 +431,40 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                handle(&mut session, &budget, event);
+                received.extend(handle(&mut session, &budget, event));
                 for _ in 1..EVENT_BATCH {
                     match rx.try_recv() {
-                        Ok(event) => handle(&mut session, &budget, event),
+                        Ok(event) => received.extend(handle(&mut session, &budget, event)),
                         Err(_) => break,
+                    }
+                }
+                saver.journal(&mut session);
+                dispatch(&mut session, &mut net);
+                for at in received.drain(..) {
+                    relay_latency.observe(at.elapsed().as_secs_f64());
+                }
+                for reason in session.drain_save_requests() {
+                    saver.request(&mut session, &reason, false);
+                }
+            }
+            _ = autosave.tick() => saver.request(&mut session, "auto-save", false),
+            Some(outcome) = outcomes.recv() => saver.finished(&mut session, outcome),
+            Some(request) = admin_rx.recv() => {
+                match request {
+                    AdminRequest::Status(reply) => {
+                        let _ = reply.send(status(&session, &saver, &relay_latency));
+                    }
+                    AdminRequest::Kick { user, reply } => {
+                        let kicked = session.kick(&user, "kicked by the server admin");
+                        let _ = reply.send(kicked);
+                    }
+                    AdminRequest::Save(reply) => saver.request_for(&mut session, reply),
+                    AdminRequest::Export(reply) => {
+                        let _ = reply.send(session.view());
+                    }
+                    AdminRequest::Stop => {
+                        info!(users = session.client_count(), nodes = session.graph().len(), "shutting down (exit typed in the shell)");
+                        break;
                     }
                 }
                 saver.journal(&mut session);
@@ -304,8 +473,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                     saver.request(&mut session, &reason, false);
                 }
             }
-            _ = autosave.tick() => saver.request(&mut session, "auto-save", false),
-            Some(outcome) = outcomes.recv() => saver.finished(&mut session, outcome),
             signal = shutdown.recv() => {
                 info!(signal, users = session.client_count(), nodes = session.graph().len(), "shutting down");
                 break;

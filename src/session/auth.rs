@@ -5,6 +5,7 @@ use tracing::{info, warn};
 use super::{
     Client, MAX_CLIENTS, PROTOCOL_VERSION, PeerId, STATUS_LOBBY, ServerState, SessionState, UNKNOWN_LATENCY, peer_name,
 };
+use crate::metrics::AuthRefusal;
 use crate::pickle::Value;
 use crate::wire::{CommandKind, MAX_USERNAME_LEN};
 
@@ -21,14 +22,21 @@ fn password(data: &Value, key: &str) -> Option<String> {
 
 impl SessionState {
     pub(super) fn handle_auth(&mut self, peer: &PeerId, data: &Value) {
-        let status = self.login(peer, data);
+        let status = match self.login(peer, data) {
+            Ok(answer) => answer,
+            Err((why, refusal)) => {
+                self.stats.auth_refusals[why as usize] += 1;
+                refusal
+            }
+        };
         // Every registered client learns the new table before the sender
         // hears its answer, as the Python server does.
         self.broadcast_clients_state();
         self.send_command(peer, CommandKind::Auth, &Value::str(&status));
     }
 
-    fn login(&mut self, peer: &PeerId, data: &Value) -> String {
+    /// The answer for the client, or why it was refused and the refusal.
+    fn login(&mut self, peer: &PeerId, data: &Value) -> Result<String, (AuthRefusal, String)> {
         let username = data
             .get("AUTH_ID")
             .and_then(Value::as_str)
@@ -36,23 +44,23 @@ impl SessionState {
             .to_string();
         if data.as_dict().is_none() || username.is_empty() || username.len() > MAX_USERNAME_LEN {
             warn!(peer = %peer_name(peer), "refused login: malformed authentication request");
-            return MALFORMED_REQUEST.to_string();
+            return Err((AuthRefusal::Malformed, MALFORMED_REQUEST.to_string()));
         }
-        let refuse = |reason: &str| {
+        let refuse = |why: AuthRefusal, reason: &str| {
             warn!(user = %username, peer = %peer_name(peer), reason, "refused login");
-            reason.to_string()
+            Err((why, reason.to_string()))
         };
         if self.clients.contains_key(peer) || self.clients.values().any(|c| c.username == username) {
-            return refuse(ALREADY_LOGGED_IN);
+            return refuse(AuthRefusal::AlreadyLoggedIn, ALREADY_LOGGED_IN);
         }
         let admin = data.get("AUTH_TYPE").and_then(Value::as_str) == Some("ADMIN");
         if admin && password(data, "A_PWD").as_deref() != Some(self.config.admin_password.as_str()) {
-            return refuse(WRONG_ADMIN_PASSWORD);
+            return refuse(AuthRefusal::WrongAdminPassword, WRONG_ADMIN_PASSWORD);
         }
         if !self.config.server_password.is_empty()
             && password(data, "S_PWD").as_deref() != Some(self.config.server_password.as_str())
         {
-            return refuse(WRONG_SERVER_PASSWORD);
+            return refuse(AuthRefusal::WrongServerPassword, WRONG_SERVER_PASSWORD);
         }
         let version = match data.get("VERSION") {
             Some(Value::Str(v)) => v.to_string(),
@@ -60,12 +68,13 @@ impl SessionState {
             Some(other) => other.type_name().to_string(),
         };
         if version != PROTOCOL_VERSION {
-            return refuse(&format!(
-                "FAILED: wrong client version ({version} != {PROTOCOL_VERSION})"
-            ));
+            return refuse(
+                AuthRefusal::WrongVersion,
+                &format!("FAILED: wrong client version ({version} != {PROTOCOL_VERSION})"),
+            );
         }
         if self.clients.len() >= MAX_CLIENTS {
-            return refuse(SERVER_FULL);
+            return refuse(AuthRefusal::ServerFull, SERVER_FULL);
         }
         // Tasks and chat survive the user's absence and the server's restarts.
         let metadata: Vec<(Value, Value)> = self
@@ -96,6 +105,6 @@ impl SessionState {
             online = self.clients.len(),
             "user logged in"
         );
-        answer.to_string()
+        Ok(answer.to_string())
     }
 }

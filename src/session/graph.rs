@@ -21,6 +21,9 @@ pub struct StoredNode {
     pub raw_dependencies: Bytes,
     raw_data: Option<Bytes>,
     value: Option<Value>,
+    /// Size of the pickled data when last known; a patched value keeps the
+    /// size it had until it is encoded again.
+    size: usize,
 }
 
 impl StoredNode {
@@ -29,6 +32,7 @@ impl StoredNode {
             owner,
             dependencies,
             raw_dependencies,
+            size: raw_data.len(),
             raw_data: Some(raw_data),
             value: None,
         }
@@ -40,6 +44,7 @@ impl StoredNode {
             return raw.clone();
         }
         let raw = Bytes::from(pickle::encode(self.value.as_ref().unwrap_or(&Value::None)));
+        self.size = raw.len();
         self.raw_data = Some(raw.clone());
         raw
     }
@@ -63,7 +68,13 @@ impl StoredNode {
         self.value.as_ref()
     }
 
+    /// Bytes the node takes, as stored on disk and sent to clients.
+    pub fn stored_bytes(&self) -> usize {
+        self.size + self.raw_dependencies.len()
+    }
+
     fn set_raw(&mut self, raw: Bytes) {
+        self.size = raw.len();
         self.raw_data = Some(raw);
         self.value = None;
     }
@@ -98,6 +109,11 @@ pub struct Graph {
 impl Graph {
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Bytes of node data held (the last known size of patched nodes).
+    pub fn bytes_held(&self) -> u64 {
+        self.nodes.values().map(|n| n.stored_bytes() as u64).sum()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use indexmap::IndexMap;
 use tracing::{debug, info, warn};
 
+use crate::metrics::{CommitRejection, SessionStats};
 use crate::pickle::Value;
 use crate::wire::{Command, CommandKind, Update};
 
@@ -141,6 +142,8 @@ pub struct SessionState {
     /// Saves the last handlers asked for, by reason.
     save_requests: Vec<String>,
     changes: u64,
+    /// Counters for /metrics.
+    pub stats: SessionStats,
 }
 
 pub(crate) fn put_node_entry(node: &crate::wire::NodeFrames) -> JournalEntry {
@@ -183,6 +186,7 @@ impl SessionState {
             journal: Vec::new(),
             save_requests: Vec::new(),
             changes: 0,
+            stats: SessionStats::default(),
         }
     }
 
@@ -298,6 +302,7 @@ impl SessionState {
                 let mut skipped = Vec::new();
                 match self.graph.apply_commit(commit, &mut skipped) {
                     Ok(()) => {
+                        self.stats.commits_applied += 1;
                         self.record(JournalEntry::Commit {
                             uuid: commit.node_id.clone(),
                             dependencies: commit.dependencies.clone(),
@@ -310,6 +315,7 @@ impl SessionState {
                         }
                     }
                     Err(CommitError::UnknownNode) => {
+                        self.stats.commits_rejected[CommitRejection::UnknownNode as usize] += 1;
                         warn!(
                             user = %self.username(&peer),
                             node = %commit.node_id,
@@ -318,6 +324,7 @@ impl SessionState {
                         return;
                     }
                     Err(e) => {
+                        self.stats.commits_rejected[CommitRejection::BadDelta as usize] += 1;
                         warn!(
                             user = %self.username(&peer),
                             node = %commit.node_id,

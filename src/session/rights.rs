@@ -81,6 +81,7 @@ impl SessionState {
         let data = crate::pickle::dict([("reason", Value::str("kicked by admin"))]);
         self.send_command(&victim, CommandKind::Disconnect, &data);
         warn!(user = target, cause, "user kicked from the session");
+        self.stats.kicks += 1;
         self.disconnect(&victim, cause);
         true
     }
