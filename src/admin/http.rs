@@ -82,9 +82,25 @@ pub async fn serve(
     }
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+/// An answer other than success: its status and a message for people.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
 }
+
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError(status, message.into())
+}
+
+type Answer = Result<Response, ApiError>;
 
 /// Compares without stopping at the first difference, so response times
 /// do not reveal how much of a guess was right.
@@ -92,7 +108,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.token else {
         return Ok(());
     };
@@ -104,131 +120,106 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
         Some(given) if same_secret(given.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => {
             warn!("admin request refused: wrong bearer token");
-            Err(unauthorized("wrong token"))
+            Err(error(StatusCode::UNAUTHORIZED, "wrong token"))
         }
         None => {
             warn!("admin request refused: no bearer token");
-            Err(unauthorized("this endpoint needs the admin password as a bearer token"))
+            Err(error(
+                StatusCode::UNAUTHORIZED,
+                "this endpoint needs the admin password as a bearer token",
+            ))
         }
     }
 }
 
-fn unauthorized(message: &str) -> Response {
-    let mut r = error(StatusCode::UNAUTHORIZED, message);
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    r
-}
-
 /// Sends a request to the session task and waits for its answer.
-async fn ask<T>(state: &AdminState, make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, Response> {
+async fn ask<T>(state: &AdminState, make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
     let gone = || error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping");
     state.requests.send(make(tx)).await.map_err(|_| gone())?;
     rx.await.map_err(|_| gone())
 }
 
-async fn status(state: &AdminState) -> Result<Status, Response> {
+async fn status(state: &AdminState) -> Result<Status, ApiError> {
     ask(state, AdminRequest::Status).await
 }
 
-async fn health(State(state): State<AdminState>) -> Response {
-    let status = match status(&state).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn health(State(state): State<AdminState>) -> Answer {
+    let status = status(&state).await?;
     let health = Health::of(&status, state.net.sockets_up(), crate::store::now_epoch());
     let code = if health.healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(health)).into_response()
+    Ok((code, Json(health)).into_response())
 }
 
-async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
-    match status(&state).await {
-        Ok(s) => (
-            [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
-            crate::metrics::render(&state.net, &s.gauges),
-        )
-            .into_response(),
-        Err(r) => r,
-    }
+async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Answer {
+    authorize(&state, &headers)?;
+    let s = status(&state).await?;
+    let text = crate::metrics::render(&state.net, &s.gauges);
+    Ok(([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], text).into_response())
 }
 
-async fn users(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
-    match status(&state).await {
-        Ok(s) => Json(serde_json::json!({ "users": s.users })).into_response(),
-        Err(r) => r,
-    }
+async fn users(State(state): State<AdminState>, headers: HeaderMap) -> Answer {
+    authorize(&state, &headers)?;
+    let s = status(&state).await?;
+    Ok(Json(serde_json::json!({ "users": s.users })).into_response())
 }
 
-async fn kick(State(state): State<AdminState>, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
+async fn kick(State(state): State<AdminState>, Path(name): Path<String>, headers: HeaderMap) -> Answer {
+    authorize(&state, &headers)?;
     let user = name.clone();
-    match ask(&state, |reply| AdminRequest::Kick { user, reply }).await {
-        Ok(true) => Json(serde_json::json!({ "kicked": name })).into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("no user named {name:?} is online")),
-        Err(r) => r,
+    if ask(&state, |reply| AdminRequest::Kick { user, reply }).await? {
+        Ok(Json(serde_json::json!({ "kicked": name })).into_response())
+    } else {
+        Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no user named {name:?} is online"),
+        ))
     }
 }
 
-async fn save(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
-    match ask(&state, AdminRequest::Save).await {
-        Ok(Ok(report)) => Json(report).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the save failed: {e}")),
-        Err(r) => r,
+async fn save(State(state): State<AdminState>, headers: HeaderMap) -> Answer {
+    authorize(&state, &headers)?;
+    match ask(&state, AdminRequest::Save).await? {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the save failed: {e}"),
+        )),
     }
 }
 
-async fn export(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
-    let view = match ask(&state, AdminRequest::Export).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn export(State(state): State<AdminState>, headers: HeaderMap) -> Answer {
+    authorize(&state, &headers)?;
+    let view = ask(&state, AdminRequest::Export).await?;
     let nodes = view.nodes.len();
     // Encoding a large session takes a while: off the runtime's workers.
     let encoded = tokio::task::spawn_blocking(move || {
         let image = crate::store::writer::image_of(view, "export", crate::store::now_epoch(), 0);
         crate::store::dump::encode(&image)
     })
-    .await;
-    match encoded {
-        Ok(Ok(bytes)) => {
-            info!(nodes, bytes = bytes.len(), "session exported over the admin endpoint");
-            (
-                [
-                    (header::CONTENT_TYPE, "application/octet-stream"),
-                    (header::CONTENT_DISPOSITION, "attachment; filename=\"session.db\""),
-                ],
-                bytes,
-            )
-                .into_response()
-        }
-        Ok(Err(e)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode the session: {e}"),
-        ),
-        Err(e) => error(
+    .await
+    .map_err(|e| {
+        error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the export task failed: {e}"),
-        ),
-    }
+        )
+    })?
+    .map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the session: {e}"),
+        )
+    })?;
+    info!(nodes, bytes = encoded.len(), "session exported over the admin endpoint");
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream"),
+        (header::CONTENT_DISPOSITION, "attachment; filename=\"session.db\""),
+    ];
+    Ok((headers, encoded).into_response())
 }
 
 #[cfg(test)]
