@@ -28,12 +28,13 @@ BIN = os.environ.get("REPLICATION_SERVER_BIN", os.path.join(ROOT, "target", "rel
 
 
 def free_port_base():
-    """A base port with base, base+1 and base+2 free on 127.0.0.1."""
+    """A base port with base..base+3 free on 127.0.0.1 (the three ZeroMQ
+    ports and the admin endpoint)."""
     for _ in range(200):
         base = random.randint(20000, 60000)
         socks = []
         try:
-            for p in range(base, base + 3):
+            for p in range(base, base + 4):
                 s = socket.socket()
                 s.bind(("127.0.0.1", p))
                 socks.append(s)
@@ -61,7 +62,7 @@ class Server:
     def env(self):
         env = {k: v for k, v in os.environ.items()
                if k not in ("ADMIN_PASSWORD", "SERVER_PASSWORD", "PORT", "TIMEOUT", "DATA_DIR", "SAVE_INTERVAL",
-                            "JOURNAL_FSYNC", "MAX_BACKUPS")}
+                            "JOURNAL_FSYNC", "MAX_BACKUPS", "ADMIN_ADDR", "LOG_FORMAT")}
         env.update({"ADMIN_PASSWORD": "adminpw", "LOG_LEVEL": "DEBUG", "TIMEOUT": "3000",
                     "BIND_ADDRESS": "127.0.0.1", "DATA_DIR": self.data_dir})
         env.update(self.extra_env)
@@ -247,6 +248,19 @@ def clients():
             c.close()
         except Exception:
             pass
+
+
+def active(*cs):
+    return lambda: all(c.state == STATE_ACTIVE for c in cs)
+
+
+def init_session(server, clients, nodes=4, name="alice"):
+    alice = clients(server, name, admin=True)
+    assert alice.pump(lambda: alice.state == STATE_LOBBY, 5), alice.exit_reason
+    ids = [alice.add(f"obj{i}", {"location": [float(i), 1.0, 2.0], "layers": (1, 2), "blob": bytes([i]) * 16})
+           for i in range(nodes)]
+    alice.init_session()
+    return alice, ids
 
 
 def pump_all(clients, until, timeout=5.0):

@@ -14,25 +14,12 @@ import time
 
 import pytest
 
-from conftest import BIN, ROOT, Server, pump_all
+from conftest import BIN, ROOT, Server, active, init_session, pump_all
 from replication import porcelain
 from replication.constants import STATE_ACTIVE, STATE_LOBBY, STATE_INITIAL
 from replication.repository import Repository
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "legacy")
-
-
-def active(*cs):
-    return lambda: all(c.state == STATE_ACTIVE for c in cs)
-
-
-def init_session(server, clients, nodes=4, name="alice"):
-    alice = clients(server, name, admin=True)
-    assert alice.pump(lambda: alice.state == STATE_LOBBY, 5), alice.exit_reason
-    ids = [alice.add(f"obj{i}", {"location": [float(i), 1.0, 2.0], "layers": (1, 2), "blob": bytes([i]) * 16})
-           for i in range(nodes)]
-    alice.init_session()
-    return alice, ids
 
 
 def auth_answers(server):
@@ -237,7 +224,8 @@ def test_export_loads_in_python_and_import_restores(make_server, clients):
     alice, ids = init_session(server, clients)
     expected = {i: alice.node_data(i) for i in ids}
     dump = tempfile.mktemp(suffix=".db")
-    env = {**os.environ, "DATA_DIR": server.data_dir}
+    # Read from DATA_DIR (snapshot plus journal), not from the running server.
+    env = {**os.environ, "DATA_DIR": server.data_dir, "ADMIN_ADDR": ""}
     out = subprocess.run([BIN, "export", dump], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     repo = Repository()

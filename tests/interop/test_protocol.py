@@ -8,14 +8,10 @@ import pytest
 import zmq
 
 import replication.interface
-from conftest import Block, Client, pump_all, raw_dealer
+from conftest import Block, Client, active, pump_all, raw_dealer
 from replication import porcelain
 from replication.constants import STATE_ACTIVE, STATE_INITIAL, STATE_LOBBY, RP_COMMON
 from replication.objects import Kick, Node, Delete, RequestServerInfo
-
-
-def active(*cs):
-    return lambda: all(c.state == STATE_ACTIVE for c in cs)
 
 
 def start_session(server, clients, nodes=3):
