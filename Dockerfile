@@ -30,12 +30,15 @@ ENV PORT=5555 \
     JOURNAL_FSYNC=everysec \
     MAX_MESSAGE_SIZE=268435456 \
     BIND_ADDRESS=0.0.0.0 \
-    RETAINED_METADATA_KEYS=tasks,chat_messages
+    RETAINED_METADATA_KEYS=tasks,chat_messages \
+    LOG_FORMAT=text \
+    ADMIN_ADDR=127.0.0.1:5558
 EXPOSE 5555 5556 5557
 VOLUME /app/data
 USER replication
 WORKDIR /app
-# Asks the server for its info over the protocol, as a client would.
+# Asks the server for its info over the protocol, as a client would, and
+# its admin endpoint whether saves work.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["replication-server", "health"]
 STOPSIGNAL SIGTERM

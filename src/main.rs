@@ -136,6 +136,32 @@ fn status(config: &Config, json: bool) -> Result<String, Failure> {
     if code == 200 { Ok(text) } else { Err(Failure(text, 1)) }
 }
 
+/// The protocol answers; on this machine, the admin endpoint (when there
+/// is one) must also report the saves working, so a container whose disk
+/// filled up turns unhealthy.
+fn health_check(config: &Config, host: &str) -> Result<String, String> {
+    let info = health::request_server_info(host, config.port, HEALTH_TIMEOUT).map_err(|e| e.to_string())?;
+    let mut msg = format!(
+        "healthy: {host}:{} answers, version {}, {}",
+        config.port,
+        info.version,
+        if info.private { "private" } else { "public" }
+    );
+    let local = matches!(host, "127.0.0.1" | "localhost" | "::1");
+    if let (true, Some(addr)) = (local, config.admin_target()) {
+        match client::call_json(addr, "GET", "/health", &config.admin_password, client::QUICK_TIMEOUT) {
+            Ok((200, _)) => msg.push_str(", saves working"),
+            Ok((503, json)) => {
+                let h: admin::Health = serde_json::from_value(json).map_err(|e| e.to_string())?;
+                return Err(admin::health_text(&h));
+            }
+            Ok((code, json)) => return Err(client::refusal(code, &json).to_string()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(msg)
+}
+
 /// Export from the running server, or from DATA_DIR when none answers.
 fn export(config: &Config, file: &std::path::Path) -> Result<String, Failure> {
     let Some(addr) = config.admin_target() else {
@@ -288,14 +314,9 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Sub::Health { host }) => match health::request_server_info(&host, config.port, HEALTH_TIMEOUT) {
-            Ok(info) => {
-                println!(
-                    "healthy: {host}:{} answers, version {}, {}",
-                    config.port,
-                    info.version,
-                    if info.private { "private" } else { "public" }
-                );
+        Some(Sub::Health { host }) => match health_check(&config, &host) {
+            Ok(msg) => {
+                println!("{msg}");
                 ExitCode::SUCCESS
             }
             Err(e) => {

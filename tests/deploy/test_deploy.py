@@ -61,8 +61,9 @@ def test_started_as_the_image_starts_it(tmp_path):
     env = {"PATH": os.path.dirname(BIN) + os.pathsep + os.environ["PATH"], "HOME": str(tmp_path)}
     env.update(dockerfile_env())
     assert env["SERVER_PASSWORD"] == "", "the image's default is a public session"
+    assert env["ADMIN_ADDR"].startswith("127.0.0.1:"), "the image's admin endpoint stays inside the container"
     env.update({"DATA_DIR": str(tmp_path / "data"), "PORT": str(port), "ADMIN_PASSWORD": "adminpw",
-                "BIND_ADDRESS": "127.0.0.1"})
+                "BIND_ADDRESS": "127.0.0.1", "ADMIN_ADDR": f"127.0.0.1:{port + 3}"})
     proc = subprocess.Popen([os.path.join(ROOT, "docker", "entrypoint.sh")], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -71,7 +72,7 @@ def test_started_as_the_image_starts_it(tmp_path):
             assert proc.poll() is None, proc.stdout.read().decode()
             assert time.time() < deadline, "never healthy"
         health = subprocess.run([BIN, "health"], env=env, capture_output=True, text=True)
-        assert health.returncode == 0 and "public" in health.stdout
+        assert health.returncode == 0 and "public" in health.stdout and "saves working" in health.stdout
         server = Struct()
         server.port = port
         alice = Client(server, "alice", admin=True)

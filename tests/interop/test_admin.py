@@ -177,6 +177,8 @@ def test_health_turns_503_when_saves_fail_and_back_to_200(server, clients):
     assert status == 503 and not health["healthy"] and health["last_save_error"]
     out = cli(server, "status")
     assert out.returncode == 1 and "UNHEALTHY" in out.stderr and "last save failed" in out.stderr
+    out = cli(server, "health")
+    assert out.returncode == 1 and "last save failed" in out.stderr, "the container health check sees it too"
     assert alice.pump(timeout=0.5) and alice.state != STATE_INITIAL, "clients are still served"
 
     os.rmdir(blocker)
@@ -187,6 +189,8 @@ def test_health_turns_503_when_saves_fail_and_back_to_200(server, clients):
     assert status == 200 and health["healthy"] and health["last_save_age_s"] < 5
     out = cli(server, "status")
     assert out.returncode == 0 and out.stdout.startswith("healthy: ACTIVE session, 1 user(s) online")
+    out = cli(server, "health")
+    assert out.returncode == 0 and "saves working" in out.stdout
 
 
 def test_off_loopback_endpoint_needs_the_admin_password(make_server):
