@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod delta;
 pub mod health;
 pub mod heartbeat;
@@ -9,6 +10,7 @@ pub mod metrics;
 pub mod net;
 pub mod pickle;
 pub mod recovery;
+pub mod saver;
 pub mod server;
 pub mod session;
 pub mod shutdown;

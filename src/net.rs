@@ -1,35 +1,25 @@
-//! The three ZeroMQ ROUTER sockets, each owned by a thread of its own.
+//! The three ZeroMQ ROUTER sockets, read and written by the server loop.
 //!
-//! libzmq sockets are blocking and single-threaded, so each port gets a
-//! dedicated thread that decodes what arrives (at the edge, once) and hands
-//! typed messages to the session task over a bounded channel. The session
-//! sends back through an `Outbox`: a queue plus an inproc wake-up socket
-//! that the thread polls next to its ROUTER socket.
+//! One thread owns them and the session together: a message is decoded,
+//! handled and relayed without crossing a thread, which on a two-core
+//! machine is worth more than any parallelism (every hand-off between
+//! threads costs a wake-up, about as much as relaying the message).
 
 use std::collections::HashSet;
+use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::mpsc as tokio_mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, warn};
 
-use crate::heartbeat::{self, HeartbeatMonitor};
 use crate::metrics::{DropReason, NetMetrics, type_slot};
-use crate::session::{Channel, HeartbeatEvent, PeerId, peer_name};
+use crate::session::{Channel, PeerId, peer_name};
 use crate::wire::{self, Command, CommandKind, Update};
 
-/// Messages read from one socket before the thread looks at its outbox
-/// again, so a flood on one side cannot starve replies.
-const RECV_BATCH: usize = 256;
-/// Capacity of the channel into the session task; when it is full the
-/// socket threads wait and libzmq queues (then drops) at its high-water mark.
-/// Small on purpose: each entry may hold a whole node, and an admin's
-/// upload arrives as a flood of them.
-pub const INBOUND_CAPACITY: usize = 1_024;
+/// Messages read from one socket before the loop looks at the others, so a
+/// flood on one port cannot starve the rest.
+pub const RECV_BATCH: usize = 256;
 /// Messages libzmq queues per peer before it drops for that peer; bounds
 /// the memory a client that stops reading can cost.
 pub const SEND_HIGH_WATER_MARK: i32 = 10_000;
@@ -53,157 +43,51 @@ pub enum NetError {
     },
     #[error("cannot set up ZeroMQ: {0}")]
     Setup(#[from] zmq::Error),
-    #[error("cannot start the {0} socket thread: {1}")]
-    Thread(&'static str, std::io::Error),
 }
 
-/// Bytes of received messages waiting for the session at most: the bound
-/// on memory when an admin uploads a session of large nodes (a count of
-/// messages alone let a 500 MB upload queue up gigabytes).
-pub const MAX_INBOUND_BYTES: usize = 64 * 1024 * 1024;
-
-/// The bytes of received messages the session has not handled yet; socket
-/// threads wait while it is over `MAX_INBOUND_BYTES`.
-#[derive(Debug, Default)]
-pub struct InboundBudget {
-    used: std::sync::Mutex<usize>,
-    freed: std::sync::Condvar,
-}
-
-impl InboundBudget {
-    fn acquire(&self, n: usize) {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        // A message larger than the budget still passes when alone.
-        while *used > 0 && *used + n > MAX_INBOUND_BYTES {
-            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
-        }
-        *used += n;
-    }
-
-    /// The session handled messages of `n` bytes.
-    pub fn release(&self, n: usize) {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        *used = used.saturating_sub(n);
-        self.freed.notify_all();
-    }
-}
-
-/// What the socket threads hand to the session task.
+/// A message that passed the checks at the edge, decoded once.
 #[derive(Debug)]
-pub enum Inbound {
+pub enum Received {
     Command {
         peer: PeerId,
         command: Command,
-        bytes: usize,
     },
     Update {
         peer: PeerId,
         update: Box<Update>,
+        /// The frames as received, relayed byte for byte.
         frames: Arc<Vec<Bytes>>,
-        bytes: usize,
-        /// When the socket thread read it, for the relay latency.
-        received_at: Instant,
     },
-    Heartbeat(HeartbeatEvent),
+    Heartbeat {
+        peer: PeerId,
+        frame: Bytes,
+    },
 }
 
-enum NetCommand {
-    Send { to: PeerId, frames: Arc<Vec<Bytes>> },
-    Admit(PeerId),
-    Evict(PeerId),
-    Shutdown,
+/// What one read gave.
+#[derive(Debug)]
+pub enum Recv {
+    /// Nothing waits on that socket.
+    Nothing,
+    /// A message was dropped (and counted, and logged within limits).
+    Skipped,
+    Message(Received),
 }
 
-/// The session's side of one socket thread.
-pub struct Outbox {
-    queue: mpsc::Sender<NetCommand>,
-    wake: zmq::Socket,
-    pending: Arc<AtomicBool>,
-    dirty: bool,
-    /// Shared with the thread: set before a Shutdown, so the thread knows
-    /// its end is wanted.
-    stopping: Arc<AtomicBool>,
+/// Which sockets have something to read, and whether the control pipe does.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ready {
+    pub sockets: [bool; 3],
+    pub control: bool,
 }
 
-impl Outbox {
-    fn push(&mut self, cmd: NetCommand) {
-        // The thread only stops after Shutdown, so a send error means it
-        // died; it logged why.
-        let _ = self.queue.send(cmd);
-        self.dirty = true;
-    }
+pub const CHANNELS: [Channel; 3] = [Channel::Command, Channel::Data, Channel::Heartbeat];
 
-    pub fn send(&mut self, to: PeerId, frames: Arc<Vec<Bytes>>) {
-        self.push(NetCommand::Send { to, frames });
-    }
-
-    pub fn admit(&mut self, peer: PeerId) {
-        self.push(NetCommand::Admit(peer));
-    }
-
-    pub fn evict(&mut self, peer: PeerId) {
-        self.push(NetCommand::Evict(peer));
-    }
-
-    /// Wakes the thread if anything was queued since the last flush.
-    pub fn flush(&mut self) {
-        if self.dirty && !self.pending.swap(true, Ordering::SeqCst) {
-            // A full wake queue means a wake-up is already pending.
-            let _ = self.wake.send(&b""[..], zmq::DONTWAIT);
-        }
-        self.dirty = false;
-    }
-
-    fn shutdown(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.push(NetCommand::Shutdown);
-        self.flush();
-    }
-}
-
-pub struct Network {
-    pub command: Outbox,
-    pub data: Outbox,
-    pub heartbeat: Outbox,
-    threads: Vec<JoinHandle<()>>,
-    _context: zmq::Context,
-}
-
-impl Network {
-    pub fn outbox(&mut self, channel: Channel) -> &mut Outbox {
-        match channel {
-            Channel::Command => &mut self.command,
-            Channel::Data => &mut self.data,
-            Channel::Heartbeat => &mut self.heartbeat,
-        }
-    }
-
-    pub fn flush(&mut self) {
-        self.command.flush();
-        self.data.flush();
-        self.heartbeat.flush();
-    }
-
-    pub fn admit(&mut self, peer: &PeerId) {
-        for o in [&mut self.command, &mut self.data, &mut self.heartbeat] {
-            o.admit(peer.clone());
-        }
-    }
-
-    pub fn evict(&mut self, peer: &PeerId) {
-        for o in [&mut self.command, &mut self.data, &mut self.heartbeat] {
-            o.evict(peer.clone());
-        }
-    }
-
-    /// Stops the socket threads and waits for them.
-    pub fn shutdown(mut self) {
-        self.command.shutdown();
-        self.data.shutdown();
-        self.heartbeat.shutdown();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+fn index(channel: Channel) -> usize {
+    match channel {
+        Channel::Command => 0,
+        Channel::Data => 1,
+        Channel::Heartbeat => 2,
     }
 }
 
@@ -244,76 +128,6 @@ fn router(ctx: &zmq::Context, cfg: &NetConfig, name: &'static str, port: u16) ->
     Ok(s)
 }
 
-/// Binds the three ports and starts their threads.
-pub fn start(
-    cfg: &NetConfig,
-    inbound: tokio_mpsc::Sender<Inbound>,
-    budget: Arc<InboundBudget>,
-    metrics: Arc<NetMetrics>,
-) -> Result<Network, NetError> {
-    let ctx = zmq::Context::new();
-    let sockets = [
-        (Channel::Command, "command", cfg.port),
-        (Channel::Data, "data", cfg.port + 1),
-        (Channel::Heartbeat, "heartbeat", cfg.port + 2),
-    ]
-    .map(|(ch, name, port)| router(&ctx, cfg, name, port).map(|s| (ch, name, s)));
-    let mut threads = Vec::new();
-    let mut outboxes = Vec::new();
-    for (i, bound) in sockets.into_iter().enumerate() {
-        let (channel, name, socket) = bound?;
-        let endpoint = format!("inproc://outbox-{i}");
-        let wake_rx = ctx.socket(zmq::PULL)?;
-        wake_rx.bind(&endpoint)?;
-        let wake_tx = ctx.socket(zmq::PUSH)?;
-        wake_tx.set_linger(0)?;
-        wake_tx.connect(&endpoint)?;
-        let (tx, rx) = mpsc::channel();
-        let pending = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let worker = Worker {
-            channel,
-            name,
-            socket,
-            wake: wake_rx,
-            queue: rx,
-            pending: pending.clone(),
-            inbound: inbound.clone(),
-            budget: budget.clone(),
-            metrics: metrics.clone(),
-            stopping: stopping.clone(),
-            admitted: HashSet::new(),
-            stalled: HashSet::new(),
-            stranger_log: RateLimitedLog::default(),
-            client_log: RateLimitedLog::default(),
-            timeout_ms: cfg.timeout_ms,
-        };
-        let handle = std::thread::Builder::new()
-            .name(format!("zmq-{name}"))
-            .spawn(move || worker.run())
-            .map_err(|e| NetError::Thread(name, e))?;
-        threads.push(handle);
-        outboxes.push(Outbox {
-            queue: tx,
-            wake: wake_tx,
-            pending,
-            dirty: false,
-            stopping,
-        });
-    }
-    let mut it = outboxes.into_iter();
-    let (Some(command), Some(data), Some(heartbeat)) = (it.next(), it.next(), it.next()) else {
-        unreachable!("three outboxes were created");
-    };
-    Ok(Network {
-        command,
-        data,
-        heartbeat,
-        threads,
-        _context: ctx,
-    })
-}
-
 /// Allows a few log lines a minute per kind of bad input, then counts.
 #[derive(Default)]
 struct RateLimitedLog {
@@ -349,127 +163,154 @@ impl RateLimitedLog {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-struct Worker {
-    channel: Channel,
-    name: &'static str,
-    socket: zmq::Socket,
-    wake: zmq::Socket,
-    queue: mpsc::Receiver<NetCommand>,
-    pending: Arc<AtomicBool>,
-    inbound: tokio_mpsc::Sender<Inbound>,
-    budget: Arc<InboundBudget>,
+/// The three sockets and what the server remembers about sending.
+pub struct Net {
+    sockets: [zmq::Socket; 3],
     metrics: Arc<NetMetrics>,
-    stopping: Arc<AtomicBool>,
-    admitted: HashSet<PeerId>,
-    /// Peers whose queue was full, logged once until they catch up.
-    stalled: HashSet<PeerId>,
+    /// Peers whose queue was full, per port, logged once until they catch up.
+    stalled: [HashSet<PeerId>; 3],
     /// Separate budgets, so a flood from strangers cannot hide the
     /// problems of logged-in users.
     stranger_log: RateLimitedLog,
     client_log: RateLimitedLog,
-    timeout_ms: u64,
+    _context: zmq::Context,
 }
 
-impl Worker {
-    fn run(self) {
-        let metrics = self.metrics.clone();
-        let name = self.name;
-        let stopping = self.stopping.clone();
-        self.serve();
-        // Only a shutdown may stop a socket thread; anything else makes
-        // the server unhealthy.
-        if !stopping.load(Ordering::SeqCst) {
-            error!(
-                port = name,
-                "socket thread stopped; the server no longer serves this port"
-            );
-            metrics.thread_down();
-        }
+impl Net {
+    /// Binds the three ports.
+    pub fn bind(cfg: &NetConfig, metrics: Arc<NetMetrics>) -> Result<Net, NetError> {
+        let ctx = zmq::Context::new();
+        let command = router(&ctx, cfg, "command", cfg.port)?;
+        let data = router(&ctx, cfg, "data", cfg.port + 1)?;
+        let heartbeat = router(&ctx, cfg, "heartbeat", cfg.port + 2)?;
+        Ok(Net {
+            sockets: [command, data, heartbeat],
+            metrics,
+            stalled: Default::default(),
+            stranger_log: RateLimitedLog::default(),
+            client_log: RateLimitedLog::default(),
+            _context: ctx,
+        })
     }
 
-    fn serve(mut self) {
-        debug!(port = self.name, "socket thread started");
-        let mut monitor = HeartbeatMonitor::new(self.timeout_ms, now_ms());
-        loop {
-            let timeout = match self.channel {
-                Channel::Heartbeat => monitor.next_deadline(now_ms()) as i64,
-                _ => -1,
-            };
-            let (socket_ready, wake_ready) = {
-                let mut items = [
-                    self.socket.as_poll_item(zmq::POLLIN),
-                    self.wake.as_poll_item(zmq::POLLIN),
-                ];
-                if let Err(e) = zmq::poll(&mut items, timeout) {
-                    error!(port = self.name, error = %e, "poll failed; the socket thread stops");
-                    return;
+    /// Waits until a socket or the control pipe is readable, or the timeout.
+    pub fn poll(&self, control: RawFd, timeout_ms: i64) -> Result<Ready, zmq::Error> {
+        let mut items = [
+            self.sockets[0].as_poll_item(zmq::POLLIN),
+            self.sockets[1].as_poll_item(zmq::POLLIN),
+            self.sockets[2].as_poll_item(zmq::POLLIN),
+            zmq::PollItem::from_fd(control, zmq::POLLIN),
+        ];
+        zmq::poll(&mut items, timeout_ms)?;
+        Ok(Ready {
+            sockets: [items[0].is_readable(), items[1].is_readable(), items[2].is_readable()],
+            control: items[3].is_readable(),
+        })
+    }
+
+    /// Reads one message from `channel` and checks it: strangers (peers
+    /// `is_client` does not know) may only ask for info and log in.
+    pub fn recv(&mut self, channel: Channel, is_client: impl Fn(&PeerId) -> bool) -> Recv {
+        let parts = match self.sockets[index(channel)].recv_multipart(zmq::DONTWAIT) {
+            Ok(parts) => parts,
+            Err(zmq::Error::EAGAIN) => return Recv::Nothing,
+            Err(e) => {
+                warn!(port = name(channel), error = %e, "receive failed");
+                return Recv::Nothing;
+            }
+        };
+        let mut parts = parts.into_iter().map(Bytes::from);
+        let Some(peer) = parts.next() else {
+            return Recv::Skipped;
+        };
+        let frames: Vec<Bytes> = parts.collect();
+        if frames.is_empty() {
+            return self.skip(channel, &peer, false, DropReason::Malformed, "empty message");
+        }
+        self.metrics.received(
+            channel,
+            type_slot(channel, &frames[0]),
+            frames.iter().map(Bytes::len).sum(),
+        );
+        let client = is_client(&peer);
+        match channel {
+            Channel::Heartbeat => match <[Bytes; 1]>::try_from(frames) {
+                Ok([frame]) => Recv::Message(Received::Heartbeat { peer, frame }),
+                Err(_) => Recv::Skipped,
+            },
+            Channel::Command => {
+                if !client {
+                    let allowed = matches!(
+                        wire::read_type(&frames[0]).ok().and_then(CommandKind::from_type_num),
+                        Some(CommandKind::Auth | CommandKind::RequestServerInfo)
+                    );
+                    if !allowed {
+                        return self.skip(
+                            channel,
+                            &peer,
+                            client,
+                            DropReason::Unauthenticated,
+                            "not logged in: only Auth and RequestServerInfo are accepted",
+                        );
+                    }
                 }
-                (items[0].is_readable(), items[1].is_readable())
-            };
-            if wake_ready {
-                while self.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
-            }
-            self.pending.store(false, Ordering::SeqCst);
-            if !self.drain_queue(&mut monitor) {
-                debug!(port = self.name, "socket thread stopped");
-                return;
-            }
-            if socket_ready {
-                for _ in 0..RECV_BATCH {
-                    match self.socket.recv_multipart(zmq::DONTWAIT) {
-                        Ok(parts) => {
-                            if !self.on_message(parts, &mut monitor) {
-                                return;
-                            }
-                        }
-                        Err(zmq::Error::EAGAIN) => break,
-                        Err(e) => {
-                            warn!(port = self.name, error = %e, "receive failed");
-                            break;
-                        }
+                match Command::decode(&frames) {
+                    Ok(command) => Recv::Message(Received::Command { peer, command }),
+                    Err(e) => {
+                        let reason = format!("malformed command: {e}");
+                        self.skip(channel, &peer, client, DropReason::Malformed, &reason)
                     }
                 }
             }
-            if self.channel == Channel::Heartbeat && !self.heartbeat_timers(&mut monitor) {
-                return;
+            Channel::Data => {
+                if !client {
+                    return self.skip(
+                        channel,
+                        &peer,
+                        client,
+                        DropReason::Unauthenticated,
+                        "not logged in: data is only accepted from logged-in users",
+                    );
+                }
+                match Update::decode(&frames) {
+                    Ok(update) => Recv::Message(Received::Update {
+                        peer,
+                        update: Box::new(update),
+                        frames: Arc::new(frames),
+                    }),
+                    Err(e) => {
+                        let reason = format!("malformed update: {e}");
+                        self.skip(channel, &peer, client, DropReason::Malformed, &reason)
+                    }
+                }
             }
         }
     }
 
-    /// Applies what the session queued. False on shutdown.
-    fn drain_queue(&mut self, monitor: &mut HeartbeatMonitor) -> bool {
-        while let Ok(cmd) = self.queue.try_recv() {
-            match cmd {
-                NetCommand::Send { to, frames } => self.send(&to, &frames),
-                NetCommand::Admit(peer) => {
-                    monitor.admit(&peer, now_ms());
-                    self.admitted.insert(peer);
-                }
-                NetCommand::Evict(peer) => {
-                    monitor.evict(&peer);
-                    self.stalled.remove(&peer);
-                    self.admitted.remove(&peer);
-                }
-                NetCommand::Shutdown => return false,
-            }
+    fn skip(&mut self, channel: Channel, peer: &[u8], client: bool, why: DropReason, reason: &str) -> Recv {
+        self.metrics.dropped(channel, why);
+        let log = if client {
+            &mut self.client_log
+        } else {
+            &mut self.stranger_log
+        };
+        if log.allow() {
+            warn!(port = name(channel), peer = %peer_name(peer), reason, "dropped a message");
         }
-        true
+        Recv::Skipped
     }
 
-    fn send(&mut self, to: &PeerId, frames: &[Bytes]) {
-        let mut result = self.socket.send(&to[..], zmq::SNDMORE | zmq::DONTWAIT);
+    /// Sends without waiting: a peer whose queue is full loses the message
+    /// (logged once until it catches up), as libzmq's high-water mark wants.
+    pub fn send(&mut self, channel: Channel, to: &PeerId, frames: &[Bytes]) {
+        let i = index(channel);
+        let socket = &self.sockets[i];
+        let mut result = socket.send(&to[..], zmq::SNDMORE | zmq::DONTWAIT);
         if result.is_ok() {
             let last = frames.len().saturating_sub(1);
-            for (i, f) in frames.iter().enumerate() {
-                let flags = if i < last { zmq::SNDMORE } else { 0 };
-                result = self.socket.send(&f[..], flags | zmq::DONTWAIT);
+            for (n, f) in frames.iter().enumerate() {
+                let flags = if n < last { zmq::SNDMORE } else { 0 };
+                result = socket.send(&f[..], flags | zmq::DONTWAIT);
                 if result.is_err() {
                     break;
                 }
@@ -477,162 +318,53 @@ impl Worker {
         }
         match result {
             Ok(()) => {
-                let slot = frames.first().map(|f| type_slot(self.channel, f)).unwrap_or(0);
-                self.metrics
-                    .sent(self.channel, slot, frames.iter().map(Bytes::len).sum());
-                self.stalled.remove(to);
+                let slot = frames.first().map(|f| type_slot(channel, f)).unwrap_or(0);
+                self.metrics.sent(channel, slot, frames.iter().map(Bytes::len).sum());
+                if !self.stalled[i].is_empty() {
+                    self.stalled[i].remove(to);
+                }
             }
             Err(zmq::Error::EAGAIN) => {
-                self.metrics.dropped(self.channel, DropReason::QueueFull);
-                if self.stalled.insert(to.clone()) {
+                self.metrics.dropped(channel, DropReason::QueueFull);
+                if self.stalled[i].insert(to.clone()) {
                     warn!(
-                        port = self.name,
+                        port = name(channel),
                         peer = %peer_name(to),
                         "a client is not reading: its queue is full, messages to it are dropped until it catches up"
                     );
                 }
             }
             Err(zmq::Error::EHOSTUNREACH) => {
-                debug!(port = self.name, peer = %peer_name(to), "message for a peer that is not connected, dropped");
+                debug!(port = name(channel), peer = %peer_name(to), "message for a peer that is not connected, dropped");
             }
-            Err(e) => warn!(port = self.name, peer = %peer_name(to), error = %e, "send failed"),
+            Err(e) => warn!(port = name(channel), peer = %peer_name(to), error = %e, "send failed"),
         }
     }
 
-    fn forward(&self, msg: Inbound) -> bool {
-        if let Inbound::Command { bytes, .. } | Inbound::Update { bytes, .. } = &msg {
-            self.budget.acquire(*bytes);
+    /// The peer left: forget its state.
+    pub fn forget(&mut self, peer: &PeerId) {
+        for s in &mut self.stalled {
+            s.remove(peer);
         }
-        // The session task is gone only when the server is stopping.
-        self.inbound.blocking_send(msg).is_ok()
-    }
-
-    fn drop_bad_input(&mut self, peer: &[u8], why: DropReason, reason: &str) {
-        self.metrics.dropped(self.channel, why);
-        let log = if self.admitted.contains(peer) {
-            &mut self.client_log
-        } else {
-            &mut self.stranger_log
-        };
-        if log.allow() {
-            warn!(port = self.name, peer = %peer_name(peer), reason, "dropped a message");
-        }
-    }
-
-    /// Decodes one message. False when the session is gone.
-    fn on_message(&mut self, parts: Vec<Vec<u8>>, monitor: &mut HeartbeatMonitor) -> bool {
-        let received_at = Instant::now();
-        let mut parts = parts.into_iter().map(Bytes::from);
-        let Some(peer) = parts.next() else {
-            return true;
-        };
-        let frames: Vec<Bytes> = parts.collect();
-        let bytes: usize = frames.iter().map(Bytes::len).sum();
-        if frames.is_empty() {
-            self.drop_bad_input(&peer, DropReason::Malformed, "empty message");
-            return true;
-        }
-        self.metrics
-            .received(self.channel, type_slot(self.channel, &frames[0]), bytes);
-        match self.channel {
-            Channel::Heartbeat => {
-                if frames.len() == 1 && monitor.on_frame(&peer, &frames[0], now_ms()) {
-                    self.send(&peer, &[Bytes::from_static(heartbeat::PING)]);
-                }
-                true
-            }
-            Channel::Command => {
-                if !self.admitted.contains(&peer) {
-                    let allowed = matches!(
-                        wire::read_type(&frames[0]).ok().and_then(CommandKind::from_type_num),
-                        Some(CommandKind::Auth | CommandKind::RequestServerInfo)
-                    );
-                    if !allowed {
-                        self.drop_bad_input(
-                            &peer,
-                            DropReason::Unauthenticated,
-                            "not logged in: only Auth and RequestServerInfo are accepted",
-                        );
-                        return true;
-                    }
-                }
-                match Command::decode(&frames) {
-                    Ok(command) => self.forward(Inbound::Command { peer, command, bytes }),
-                    Err(e) => {
-                        self.drop_bad_input(&peer, DropReason::Malformed, &format!("malformed command: {e}"));
-                        true
-                    }
-                }
-            }
-            Channel::Data => {
-                if !self.admitted.contains(&peer) {
-                    self.drop_bad_input(
-                        &peer,
-                        DropReason::Unauthenticated,
-                        "not logged in: data is only accepted from logged-in users",
-                    );
-                    return true;
-                }
-                match Update::decode(&frames) {
-                    Ok(update) => self.forward(Inbound::Update {
-                        peer,
-                        update: Box::new(update),
-                        frames: Arc::new(frames),
-                        bytes,
-                        received_at,
-                    }),
-                    Err(e) => {
-                        self.drop_bad_input(&peer, DropReason::Malformed, &format!("malformed update: {e}"));
-                        true
-                    }
-                }
-            }
-        }
-    }
-
-    fn heartbeat_timers(&mut self, monitor: &mut HeartbeatMonitor) -> bool {
-        let now = now_ms();
-        for peer in monitor.due_pings(now) {
-            self.send(&peer, &[Bytes::from_static(heartbeat::PING)]);
-        }
-        if let Some(tick) = monitor.tick(now) {
-            for peer in tick.lost {
-                info!(peer = %peer_name(&peer), "heartbeat lost");
-                self.metrics.heartbeat_timeout();
-                if !self.forward(Inbound::Heartbeat(HeartbeatEvent::Lost(peer))) {
-                    return false;
-                }
-            }
-            if !self.forward(Inbound::Heartbeat(HeartbeatEvent::Latencies(tick.latencies))) {
-                return false;
-            }
-        }
-        true
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inbound_budget_holds_senders_until_the_session_catches_up() {
-        let budget = Arc::new(InboundBudget::default());
-        budget.acquire(MAX_INBOUND_BYTES - 10);
-        let waiting = {
-            let budget = budget.clone();
-            std::thread::spawn(move || {
-                budget.acquire(100);
-                Instant::now()
-            })
-        };
-        std::thread::sleep(Duration::from_millis(100));
-        let released = Instant::now();
-        budget.release(MAX_INBOUND_BYTES - 10);
-        let got_through = waiting.join().unwrap();
-        assert!(got_through >= released, "the second message waited for room");
-        // A message larger than the whole budget passes when alone.
-        budget.release(100);
-        budget.acquire(MAX_INBOUND_BYTES * 2);
+fn name(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Command => "command",
+        Channel::Data => "data",
+        Channel::Heartbeat => "heartbeat",
     }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// When a message arrived, for the relay latency.
+pub fn now() -> Instant {
+    Instant::now()
 }

@@ -1,30 +1,26 @@
-//! The session task: receives decoded messages from the socket threads,
-//! runs them through the session state, journals what was accepted, hands
-//! the replies back, and schedules saves.
+//! The server: one loop that owns the sockets and the session, reads what
+//! arrives, runs it through the session state, journals what was accepted
+//! and sends the replies, all on one thread; saves happen on the writer
+//! thread, admin requests arrive over the control channel.
 
-use std::fs::File;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use bytes::Bytes;
 use tracing::{error, info, warn};
 
-use crate::admin::{self, AdminRequest, SaveReport, Status, UserInfo};
+use crate::admin::{self, AdminRequest, Status, UserInfo};
 use crate::config::Config;
-use crate::metrics::{Gauges, Histogram, NetMetrics, SaveStats};
-use crate::net::{self, Inbound, InboundBudget, NetConfig, NetError, Network};
-use crate::session::{Outgoing, STATUS_ACTIVE, ServerState, SessionConfig, SessionState};
-use crate::shutdown::Shutdown;
-use crate::store::writer::{self, SaveJob, SaveOutcome};
-use crate::store::{DataDir, FsyncPolicy, JournalWriter, StoreError};
+use crate::control::{self, Control, ControlReceiver};
+use crate::heartbeat::{self, HeartbeatMonitor};
+use crate::metrics::{Gauges, Histogram, NetMetrics};
+use crate::net::{self, CHANNELS, Net, NetConfig, NetError, Received, Recv};
+use crate::saver::Saver;
+use crate::session::{Channel, Outgoing, STATUS_ACTIVE, ServerState, SessionConfig, SessionState};
+use crate::shutdown;
+use crate::store::writer;
+use crate::store::{DataDir, JournalWriter, StoreError};
 
-/// Events handled before the replies are flushed to the socket threads;
-/// batching saves wake-ups under load without delaying a lone message.
-const EVENT_BATCH: usize = 128;
-/// How often `JOURNAL_FSYNC=everysec` syncs the journal.
-const EVERYSEC: Duration = Duration::from_secs(1);
-/// Admin requests waiting for the session task; admins are few and patient.
-const ADMIN_QUEUE: usize = 64;
 /// How long shutdown waits for the final save before giving up.
 const FINAL_SAVE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -40,44 +36,10 @@ pub enum ServerError {
     Writer(std::io::Error),
     #[error(transparent)]
     Admin(#[from] admin::http::AdminError),
-}
-
-fn dispatch(session: &mut SessionState, net: &mut Network) {
-    for out in session.drain_out() {
-        match out {
-            Outgoing::Send { channel, to, frames } => net.outbox(channel).send(to, frames),
-            Outgoing::Admit(peer) => net.admit(&peer),
-            Outgoing::Evict(peer) => net.evict(&peer),
-        }
-    }
-    net.flush();
-}
-
-/// Handles one message; for an update, returns when it was received so the
-/// relay latency can be measured once it is handed to the sockets.
-fn handle(session: &mut SessionState, budget: &InboundBudget, event: Inbound) -> Option<std::time::Instant> {
-    match event {
-        Inbound::Command { peer, command, bytes } => {
-            session.handle_command(peer, command);
-            budget.release(bytes);
-            None
-        }
-        Inbound::Update {
-            peer,
-            update,
-            frames,
-            bytes,
-            received_at,
-        } => {
-            session.handle_update(peer, *update, frames);
-            budget.release(bytes);
-            Some(received_at)
-        }
-        Inbound::Heartbeat(event) => {
-            session.handle_heartbeat(event);
-            None
-        }
-    }
+    #[error("cannot start the server loop: {0}")]
+    Loop(std::io::Error),
+    #[error("the server loop failed: {0}")]
+    Poll(zmq::Error),
 }
 
 fn state_name(state: ServerState) -> &'static str {
@@ -113,186 +75,187 @@ fn status(session: &SessionState, saver: &Saver, relay_latency: &Histogram) -> S
     }
 }
 
-type SaveWaiter = oneshot::Sender<Result<SaveReport, String>>;
-
-/// Saving: the journal, the writer thread and what is in flight.
-struct Saver {
-    journal: JournalWriter,
-    journal_sync: Arc<Mutex<Option<File>>>,
-    jobs: std::sync::mpsc::Sender<SaveJob>,
-    in_flight: Option<u64>,
-    /// Admins waiting for the save in flight.
-    waiters: Vec<SaveWaiter>,
-    pending: Option<String>,
-    /// Admins waiting for the pending save; it is forced.
-    pending_waiters: Vec<SaveWaiter>,
-    saved_changes: u64,
-    journal_failing: bool,
-    prev_journal: std::path::PathBuf,
-    snapshot: std::path::PathBuf,
-    stats: SaveStats,
+/// The loop's state: everything the one server thread owns.
+struct Core {
+    session: SessionState,
+    saver: Saver,
+    net: Net,
+    control: ControlReceiver,
+    monitor: HeartbeatMonitor,
+    metrics: Arc<NetMetrics>,
+    relay_latency: Histogram,
+    /// When the updates handled since the last flush arrived.
+    received: Vec<Instant>,
+    save_period: Duration,
+    next_autosave: Instant,
 }
 
-impl Saver {
-    /// Appends the accepted changes; with `always`, they are on disk before
-    /// anything is relayed.
-    fn journal(&mut self, session: &mut SessionState) {
-        let entries = session.drain_journal();
-        if entries.is_empty() {
-            return;
-        }
-        let result = entries
-            .iter()
-            .try_for_each(|e| self.journal.append(e))
-            .and_then(|_| self.journal.commit());
-        match result {
-            Ok(()) if self.journal_failing => {
-                self.journal_failing = false;
-                info!("journal writes work again");
-            }
-            Ok(()) => {}
-            Err(e) if !self.journal_failing => {
-                self.journal_failing = true;
-                error!("Failed to append to the journal: {e}; changes stay in memory until the next successful save");
-            }
-            Err(_) => {}
-        }
-    }
-
-    fn stats(&self) -> SaveStats {
-        SaveStats {
-            journal_bytes: self.journal.bytes(),
-            journal_failing: self.journal_failing,
-            ..self.stats.clone()
-        }
-    }
-
-    /// A save an admin asked for: written even without changes, answered
-    /// once it is on disk.
-    fn request_for(&mut self, session: &mut SessionState, waiter: SaveWaiter) {
-        if self.in_flight.is_some() {
-            // The save in flight may hold an older state: wait for the next.
-            self.pending = Some("admin".to_string());
-            self.pending_waiters.push(waiter);
-            return;
-        }
-        self.waiters.push(waiter);
-        self.request(session, "admin", true);
-    }
-
-    fn failed(&mut self, cause: String) {
-        self.stats.failed += 1;
-        self.stats.last_error = Some(cause.clone());
-        for w in self.waiters.drain(..) {
-            let _ = w.send(Err(cause.clone()));
-        }
-    }
-
-    fn request(&mut self, session: &mut SessionState, reason: &str, force: bool) {
-        if self.in_flight.is_some() {
-            self.pending = Some(reason.to_string());
-            return;
-        }
-        if !force && session.change_count() == self.saved_changes {
-            info!(reason, "No changes since the last save, nothing to write");
-            return;
-        }
-        let generation = match self.journal.rotate(&self.prev_journal) {
-            Ok(g) => g,
-            Err(e) => {
-                error!("Failed to save session: {e}");
-                self.failed(e.to_string());
-                return;
-            }
-        };
-        if let (Ok(handle), Ok(mut slot)) = (self.journal.sync_handle(), self.journal_sync.lock()) {
-            *slot = Some(handle);
-        }
-        let view = session.view();
-        info!(reason, nodes = view.nodes.len(), "saving the session");
-        let job = SaveJob {
-            reason: reason.to_string(),
-            view,
-            generation,
-        };
-        if self.jobs.send(job).is_err() {
-            error!("Failed to save session: the snapshot writer has stopped");
-            self.failed("the snapshot writer has stopped".into());
-            return;
-        }
-        self.in_flight = Some(session.change_count());
-    }
-
-    /// A save finished: log it, and start the save that waited for it.
-    fn finished(&mut self, session: &mut SessionState, outcome: SaveOutcome) {
-        let changes = self.in_flight.take().unwrap_or(self.saved_changes);
-        match outcome.result {
-            Ok(saved) => {
-                self.saved_changes = changes;
-                self.stats.succeeded += 1;
-                self.stats.last_error = None;
-                self.stats.last_success_at = Some(saved.at);
-                self.stats.last_duration_s = saved.duration.as_secs_f64();
-                self.stats.last_bytes = saved.bytes;
-                let report = SaveReport {
-                    reason: outcome.reason.clone(),
-                    nodes: saved.nodes,
-                    bytes: saved.bytes,
-                    duration_ms: saved.duration.as_millis() as u64,
-                    saved_at: crate::store::format_iso_utc(saved.at),
-                    snapshot: self.snapshot.display().to_string(),
-                    backup: saved.backup.display().to_string(),
-                };
-                for w in self.waiters.drain(..) {
-                    let _ = w.send(Ok(report.clone()));
+impl Core {
+    /// Runs until a signal or the shell's exit; then saves and returns.
+    fn run(mut self, writer_thread: std::thread::JoinHandle<DataDir>) -> Result<(), ServerError> {
+        let result = self.serve();
+        // Whatever stopped the loop, the session is saved.
+        self.flush();
+        drop(self.net);
+        self.saver.journal(&mut self.session);
+        self.saver.request(&mut self.session, "shutdown", false);
+        let deadline = Instant::now() + FINAL_SAVE_TIMEOUT;
+        while self.saver.busy() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.control.recv_timeout(left) {
+                Some(Control::Saved(outcome)) => self.saver.finished(&mut self.session, outcome),
+                Some(_) => {}
+                None => {
+                    error!("the final save did not finish in time; the journal still holds every change");
+                    break;
                 }
-                info!(
-                    nodes = saved.nodes,
-                    bytes = saved.bytes,
-                    ms = saved.duration.as_millis() as u64,
-                    backup = %saved.backup.display(),
-                    "Session saved to disk (reason: {})",
-                    outcome.reason
-                );
-            }
-            Err(cause) => {
-                error!(
-                    "Failed to save session: {cause} (reason: {}); retrying at the next save",
-                    outcome.reason
-                );
-                self.failed(cause);
             }
         }
-        if let Some(reason) = self.pending.take() {
-            let forced = !self.pending_waiters.is_empty();
-            self.waiters.append(&mut self.pending_waiters);
-            self.request(session, &reason, forced);
+        drop(self.saver);
+        let _ = writer_thread.join();
+        info!("server stopped");
+        result
+    }
+
+    fn serve(&mut self) -> Result<(), ServerError> {
+        loop {
+            let ready = match self.net.poll(self.control.fd(), self.timeout_ms()) {
+                Ok(r) => r,
+                Err(e) => {
+                    error!("polling the sockets failed: {e}; stopping");
+                    self.metrics.thread_down();
+                    return Err(ServerError::Poll(e));
+                }
+            };
+            if ready.control {
+                for message in self.control.drain() {
+                    if let Some(cause) = self.on_control(message) {
+                        info!(
+                            cause,
+                            users = self.session.client_count(),
+                            nodes = self.session.graph().len(),
+                            "shutting down"
+                        );
+                        return Ok(());
+                    }
+                }
+            }
+            for (i, channel) in CHANNELS.into_iter().enumerate() {
+                if ready.sockets[i] {
+                    self.read(channel);
+                    self.flush();
+                }
+            }
+            self.timers();
+            self.flush();
         }
     }
-}
 
-fn start_everysec(handle: Arc<Mutex<Option<File>>>) {
-    let spawned = std::thread::Builder::new().name("journal-fsync".into()).spawn(move || {
-        loop {
-            std::thread::sleep(EVERYSEC);
-            let file = handle
-                .lock()
-                .ok()
-                .and_then(|f| f.as_ref().and_then(|f| f.try_clone().ok()));
-            if let Some(f) = file
-                && let Err(e) = f.sync_data()
-            {
-                warn!("journal fsync failed: {e}");
+    /// Milliseconds the poll may sleep: until the next heartbeat check or
+    /// autosave.
+    fn timeout_ms(&self) -> i64 {
+        let heartbeat = self.monitor.next_deadline(net::now_ms());
+        let autosave = self.next_autosave.saturating_duration_since(Instant::now()).as_millis() as u64;
+        heartbeat.min(autosave.max(1)) as i64
+    }
+
+    /// Handles what waits on one socket, a batch at most.
+    fn read(&mut self, channel: Channel) {
+        for _ in 0..net::RECV_BATCH {
+            let session = &self.session;
+            match self.net.recv(channel, |peer| session.is_client(peer)) {
+                Recv::Nothing => break,
+                Recv::Skipped => {}
+                Recv::Message(Received::Command { peer, command }) => self.session.handle_command(peer, command),
+                Recv::Message(Received::Update { peer, update, frames }) => {
+                    let at = net::now();
+                    self.session.handle_update(peer, *update, frames);
+                    self.received.push(at);
+                }
+                Recv::Message(Received::Heartbeat { peer, frame }) => {
+                    if self.monitor.on_frame(&peer, &frame, net::now_ms()) {
+                        self.net
+                            .send(Channel::Heartbeat, &peer, &[Bytes::from_static(heartbeat::PING)]);
+                    }
+                }
             }
         }
-    });
-    if let Err(e) = spawned {
-        warn!("cannot start the journal fsync thread ({e}); the kernel will flush the journal on its own");
+    }
+
+    fn timers(&mut self) {
+        let now = net::now_ms();
+        for peer in self.monitor.due_pings(now) {
+            self.net
+                .send(Channel::Heartbeat, &peer, &[Bytes::from_static(heartbeat::PING)]);
+        }
+        if let Some(tick) = self.monitor.tick(now) {
+            for peer in tick.lost {
+                info!(peer = %crate::session::peer_name(&peer), "heartbeat lost");
+                self.metrics.heartbeat_timeout();
+                self.session
+                    .handle_heartbeat(crate::session::HeartbeatEvent::Lost(peer));
+            }
+            self.session
+                .handle_heartbeat(crate::session::HeartbeatEvent::Latencies(tick.latencies));
+        }
+        if Instant::now() >= self.next_autosave {
+            self.next_autosave = Instant::now() + self.save_period;
+            self.saver.request(&mut self.session, "auto-save", false);
+        }
+    }
+
+    /// Journals what the handlers accepted, then sends what they queued:
+    /// with `JOURNAL_FSYNC=always` a change is on disk before anyone sees it.
+    fn flush(&mut self) {
+        self.saver.journal(&mut self.session);
+        for out in self.session.drain_out() {
+            match out {
+                Outgoing::Send { channel, to, frames } => self.net.send(channel, &to, &frames),
+                Outgoing::Admit(peer) => self.monitor.admit(&peer, net::now_ms()),
+                Outgoing::Evict(peer) => {
+                    self.monitor.evict(&peer);
+                    self.net.forget(&peer);
+                }
+            }
+        }
+        for at in self.received.drain(..) {
+            self.relay_latency.observe(at.elapsed().as_secs_f64());
+        }
+        for reason in self.session.drain_save_requests() {
+            self.saver.request(&mut self.session, &reason, false);
+        }
+    }
+
+    /// One message from outside; Some(cause) when the server must stop.
+    fn on_control(&mut self, message: Control) -> Option<&'static str> {
+        match message {
+            Control::Signal(name) => return Some(name),
+            Control::Saved(outcome) => self.saver.finished(&mut self.session, outcome),
+            Control::Admin(AdminRequest::Status(reply)) => {
+                let _ = reply.send(status(&self.session, &self.saver, &self.relay_latency));
+            }
+            Control::Admin(AdminRequest::Kick { user, reply }) => {
+                let _ = reply.send(self.session.kick(&user, "kicked by the server admin"));
+            }
+            Control::Admin(AdminRequest::Save(reply)) => self.saver.request_for(&mut self.session, reply),
+            Control::Admin(AdminRequest::Export(reply)) => {
+                let _ = reply.send(self.session.view());
+            }
+            Control::Admin(AdminRequest::Stop) => return Some("exit typed in the shell"),
+        }
+        None
     }
 }
 
 pub async fn run(config: Config) -> Result<(), ServerError> {
-    let mut shutdown = Shutdown::listen().map_err(ServerError::Signals)?;
+    let (control_tx, control_rx) = control::channel().map_err(ServerError::Loop)?;
+    {
+        let tx = control_tx.clone();
+        shutdown::listen(move |name| {
+            tx.send(Control::Signal(name));
+        })
+        .map_err(ServerError::Signals)?;
+    }
     let dir = DataDir::open(&config.data_dir)?;
     let mut session = SessionState::new(SessionConfig {
         admin_password: config.admin_password.clone(),
@@ -306,46 +269,29 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         config.journal_fsync,
         recovery.journal_valid,
     )?;
-    let journal_sync = Arc::new(Mutex::new(journal.sync_handle().ok()));
-    if config.journal_fsync == FsyncPolicy::EverySec {
-        start_everysec(journal_sync.clone());
-    }
-    let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
-    let (jobs, writer_thread) =
-        writer::start(DataDir::unlocked(&dir.root), config.max_backups, outcome_tx).map_err(ServerError::Writer)?;
-    let mut saver = Saver {
-        journal,
-        journal_sync,
-        jobs,
-        in_flight: None,
-        waiters: Vec::new(),
-        pending: None,
-        pending_waiters: Vec::new(),
-        saved_changes: session.change_count(),
-        journal_failing: false,
-        prev_journal: dir.prev_journal(),
-        snapshot: dir.snapshot(),
-        stats: SaveStats::default(),
+    let saved = {
+        let tx = control_tx.clone();
+        move |outcome| {
+            tx.send(Control::Saved(outcome));
+        }
     };
+    let (jobs, writer_thread) =
+        writer::start(DataDir::unlocked(&dir.root), config.max_backups, saved).map_err(ServerError::Writer)?;
+    let mut saver = Saver::new(journal, jobs, &dir, session.change_count(), config.journal_fsync);
 
-    let (tx, mut rx) = mpsc::channel(net::INBOUND_CAPACITY);
-    let budget = Arc::new(InboundBudget::default());
-    let net_metrics = Arc::new(NetMetrics::default());
-    let (admin_tx, mut admin_rx) = mpsc::channel(ADMIN_QUEUE);
+    let metrics = Arc::new(NetMetrics::default());
     let admin_listener = match config.admin_addr {
         Some(addr) => Some(admin::http::bind(addr, config.uses_default_admin_password()).await?),
         None => None,
     };
-    let mut net = net::start(
+    let net = Net::bind(
         &NetConfig {
             bind_address: config.bind_address.clone(),
             port: config.port,
             max_message_size: config.max_message_size,
             timeout_ms: config.timeout_ms,
         },
-        tx,
-        budget.clone(),
-        net_metrics.clone(),
+        metrics.clone(),
     )?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -403,101 +349,48 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if recovery.needs_save {
         saver.request(&mut session, "restore", true);
     }
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     match admin_listener {
         Some(listener) => {
             let password = config.admin_password.clone();
             tokio::spawn(admin::http::serve(
                 listener,
-                admin_tx.clone(),
-                net_metrics.clone(),
+                control_tx.clone(),
+                metrics.clone(),
                 password,
+                stopped_rx,
             ));
         }
         None => info!("admin endpoint disabled (ADMIN_ADDR is empty)"),
     }
     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        match admin::shell::start(admin_tx.clone()) {
+        match admin::shell::start(control_tx.clone()) {
             Ok(()) => info!("type help at the >> prompt for the admin commands"),
             Err(e) => warn!("cannot start the admin shell: {e}"),
         }
     }
-    drop(admin_tx);
-    let mut relay_latency = Histogram::default();
-    let mut received = Vec::with_capacity(EVENT_BATCH);
-
-    let period = Duration::from_secs(config.save_interval_s);
-    let mut autosave = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    loop {
-        tokio::select! {
-            event = rx.recv() => {
-                let Some(event) = event else { break };
-                received.extend(handle(&mut session, &budget, event));
-                for _ in 1..EVENT_BATCH {
-                    match rx.try_recv() {
-                        Ok(event) => received.extend(handle(&mut session, &budget, event)),
-                        Err(_) => break,
-                    }
-                }
-                saver.journal(&mut session);
-                dispatch(&mut session, &mut net);
-                for at in received.drain(..) {
-                    relay_latency.observe(at.elapsed().as_secs_f64());
-                }
-                for reason in session.drain_save_requests() {
-                    saver.request(&mut session, &reason, false);
-                }
-            }
-            _ = autosave.tick() => saver.request(&mut session, "auto-save", false),
-            Some(outcome) = outcomes.recv() => saver.finished(&mut session, outcome),
-            Some(request) = admin_rx.recv() => {
-                match request {
-                    AdminRequest::Status(reply) => {
-                        let _ = reply.send(status(&session, &saver, &relay_latency));
-                    }
-                    AdminRequest::Kick { user, reply } => {
-                        let kicked = session.kick(&user, "kicked by the server admin");
-                        let _ = reply.send(kicked);
-                    }
-                    AdminRequest::Save(reply) => saver.request_for(&mut session, reply),
-                    AdminRequest::Export(reply) => {
-                        let _ = reply.send(session.view());
-                    }
-                    AdminRequest::Stop => {
-                        info!(users = session.client_count(), nodes = session.graph().len(), "shutting down (exit typed in the shell)");
-                        break;
-                    }
-                }
-                saver.journal(&mut session);
-                dispatch(&mut session, &mut net);
-                for reason in session.drain_save_requests() {
-                    saver.request(&mut session, &reason, false);
-                }
-            }
-            signal = shutdown.recv() => {
-                info!(signal, users = session.client_count(), nodes = session.graph().len(), "shutting down");
-                break;
-            }
-        }
-    }
-    drop(rx);
-    // Wake socket threads waiting for room in the queue: they find it
-    // closed and stop.
-    budget.release(usize::MAX);
-    net.shutdown();
-    saver.journal(&mut session);
-    saver.request(&mut session, "shutdown", false);
-    let deadline = tokio::time::Instant::now() + FINAL_SAVE_TIMEOUT;
-    while saver.in_flight.is_some() || saver.pending.is_some() {
-        match tokio::time::timeout_at(deadline, outcomes.recv()).await {
-            Ok(Some(outcome)) => saver.finished(&mut session, outcome),
-            _ => {
-                error!("the final save did not finish in time; the journal still holds every change");
-                break;
-            }
-        }
-    }
-    drop(saver);
-    let _ = writer_thread.join();
-    info!("server stopped");
-    Ok(())
+    drop(control_tx);
+    let save_period = Duration::from_secs(config.save_interval_s);
+    let core = Core {
+        session,
+        saver,
+        net,
+        control: control_rx,
+        monitor: HeartbeatMonitor::new(config.timeout_ms, net::now_ms()),
+        metrics,
+        relay_latency: Histogram::default(),
+        received: Vec::with_capacity(net::RECV_BATCH),
+        save_period,
+        next_autosave: Instant::now() + save_period,
+    };
+    let server = std::thread::Builder::new()
+        .name("server".into())
+        .spawn(move || core.run(writer_thread))
+        .map_err(ServerError::Loop)?;
+    let result = tokio::task::spawn_blocking(move || server.join())
+        .await
+        .map_err(|e| ServerError::Loop(std::io::Error::other(e.to_string())))?
+        .map_err(|_| ServerError::Loop(std::io::Error::other("the server thread panicked")))?;
+    let _ = stopped_tx.send(());
+    result
 }

@@ -10,10 +10,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::{AdminRequest, Health, Status};
+use crate::control::{Control, ControlSender};
 use crate::metrics::NetMetrics;
 
 /// Content type of the Prometheus text exposition format.
@@ -32,7 +33,7 @@ pub enum AdminError {
 
 #[derive(Clone)]
 struct AdminState {
-    requests: mpsc::Sender<AdminRequest>,
+    control: ControlSender,
     net: Arc<NetMetrics>,
     /// The bearer token every call but /health needs; None on loopback.
     token: Option<Arc<str>>,
@@ -49,17 +50,18 @@ pub async fn bind(addr: SocketAddr, default_password: bool) -> Result<tokio::net
         .map_err(|e| AdminError::Bind(addr, e))
 }
 
-/// Serves admin requests until the session task goes away.
+/// Serves admin requests until `stopped` fires (or its sender is gone).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    requests: mpsc::Sender<AdminRequest>,
+    control: ControlSender,
     net: Arc<NetMetrics>,
     admin_password: String,
+    stopped: oneshot::Receiver<()>,
 ) {
     let addr = listener.local_addr().ok();
     let loopback = addr.is_some_and(|a| a.ip().is_loopback());
     let state = AdminState {
-        requests: requests.clone(),
+        control,
         net,
         token: (!loopback).then(|| Arc::from(admin_password.as_str())),
     };
@@ -76,7 +78,9 @@ pub async fn serve(
         auth = if loopback { "none (loopback only)" } else { "bearer token (ADMIN_PASSWORD)" },
         "admin endpoint listening"
     );
-    let stopped = async move { requests.closed().await };
+    let stopped = async move {
+        let _ = stopped.await;
+    };
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
         warn!("the admin endpoint stopped: {e}");
     }
@@ -136,7 +140,9 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
 async fn ask<T>(state: &AdminState, make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
     let gone = || error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping");
-    state.requests.send(make(tx)).await.map_err(|_| gone())?;
+    if !state.control.send(Control::Admin(make(tx))) {
+        return Err(gone());
+    }
     rx.await.map_err(|_| gone())
 }
 

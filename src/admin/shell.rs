@@ -3,9 +3,10 @@
 
 use std::io::{BufRead, Write};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{AdminRequest, save_text, users_table};
+use crate::control::{Control, ControlSender};
 
 pub const PROMPT: &str = ">> ";
 
@@ -18,21 +19,23 @@ const HELP: &str = "commands:
 
 /// Starts the prompt on a thread of its own; it reads stdin until `exit`
 /// or end of input.
-pub fn start(requests: mpsc::Sender<AdminRequest>) -> std::io::Result<()> {
+pub fn start(requests: ControlSender) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("shell".into())
         .spawn(move || run(requests, std::io::stdin().lock(), std::io::stdout()))?;
     Ok(())
 }
 
-fn ask<T>(requests: &mpsc::Sender<AdminRequest>, make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Option<T> {
+fn ask<T>(requests: &ControlSender, make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Option<T> {
     let (tx, rx) = oneshot::channel();
-    requests.blocking_send(make(tx)).ok()?;
+    if !requests.send(Control::Admin(make(tx))) {
+        return None;
+    }
     rx.blocking_recv().ok()
 }
 
 /// What one line of input answers; None when the shell must end.
-fn answer(requests: &mpsc::Sender<AdminRequest>, line: &str) -> Option<String> {
+fn answer(requests: &ControlSender, line: &str) -> Option<String> {
     const STOPPING: &str = "the server is stopping";
     let mut words = line.split_whitespace();
     let reply = match (words.next(), words.next()) {
@@ -59,7 +62,7 @@ fn answer(requests: &mpsc::Sender<AdminRequest>, line: &str) -> Option<String> {
             None => STOPPING.into(),
         },
         (Some("exit" | "quit"), _) => {
-            let _ = requests.blocking_send(AdminRequest::Stop);
+            requests.send(Control::Admin(AdminRequest::Stop));
             return None;
         }
         (Some("help" | "?"), _) => HELP.into(),
@@ -68,7 +71,7 @@ fn answer(requests: &mpsc::Sender<AdminRequest>, line: &str) -> Option<String> {
     Some(reply)
 }
 
-fn run(requests: mpsc::Sender<AdminRequest>, input: impl BufRead, mut output: impl Write) {
+fn run(requests: ControlSender, input: impl BufRead, mut output: impl Write) {
     let mut lines = input.lines();
     loop {
         let _ = write!(output, "{PROMPT}");

@@ -202,6 +202,11 @@ impl SessionState {
         self.clients.iter()
     }
 
+    /// Whether the peer has logged in.
+    pub fn is_client(&self, peer: &PeerId) -> bool {
+        self.clients.contains_key(peer)
+    }
+
     pub fn client_count(&self) -> usize {
         self.clients.len()
     }

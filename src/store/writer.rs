@@ -194,7 +194,7 @@ fn save(dir: &DataDir, max_backups: usize, job: SaveJob) -> Result<Saved, StoreE
 pub fn start(
     dir: DataDir,
     max_backups: usize,
-    outcomes: tokio::sync::mpsc::UnboundedSender<SaveOutcome>,
+    outcomes: impl Fn(SaveOutcome) + Send + 'static,
 ) -> std::io::Result<(mpsc::Sender<SaveJob>, std::thread::JoinHandle<DataDir>)> {
     let (tx, rx) = mpsc::channel::<SaveJob>();
     let handle = std::thread::Builder::new()
@@ -203,9 +203,7 @@ pub fn start(
             for job in rx {
                 let reason = job.reason.clone();
                 let result = save(&dir, max_backups, job).map_err(|e| e.to_string());
-                if outcomes.send(SaveOutcome { reason, result }).is_err() {
-                    break;
-                }
+                outcomes(SaveOutcome { reason, result });
             }
             dir
         })?;
