@@ -36,7 +36,7 @@ SCENARIOS = [
 
 def free_port():
     while True:
-        s = [socket.socket() for _ in range(3)]
+        s = [socket.socket() for _ in range(4)]
         try:
             s[0].bind(("127.0.0.1", 0))
             base = s[0].getsockname()[1]
@@ -44,6 +44,7 @@ def free_port():
                 continue
             s[1].bind(("127.0.0.1", base + 1))
             s[2].bind(("127.0.0.1", base + 2))
+            s[3].bind(("127.0.0.1", base + 3))  # our admin endpoint
             return base
         except OSError:
             continue
@@ -65,7 +66,9 @@ def start(kind, port, workdir):
     else:
         proc = subprocess.Popen([OURS], env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 20
-    while subprocess.run([OURS, "-p", str(port), "health"], capture_output=True).returncode != 0:
+    # The protocol's answer only: the Python server has no admin endpoint.
+    health_env = {**os.environ, "ADMIN_ADDR": ""}
+    while subprocess.run([OURS, "-p", str(port), "health"], env=health_env, capture_output=True).returncode != 0:
         if proc.poll() is not None or time.time() > deadline:
             raise RuntimeError(f"{kind} server did not start")
         time.sleep(0.1)

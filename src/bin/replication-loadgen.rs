@@ -6,8 +6,8 @@
 //! Timestamps travel inside the node data, so latency is measured end to
 //! end, writer to reader, on one clock.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +19,8 @@ use replication_server::wire::{self, Command, CommandKind, NodeFrames};
 
 /// Payload of each update, like a small Blender datablock.
 const DEFAULT_PAYLOAD: usize = 2_048;
+/// Updates per second of the rate-based scenarios.
+const DEFAULT_RATE: u64 = 1_000;
 /// How long readers keep draining after the writer stops.
 const DRAIN: Duration = Duration::from_secs(2);
 /// Messages the writer may have queued in libzmq before it waits, so a
@@ -41,6 +43,10 @@ enum Scenario {
     SlowReader,
     /// Like rate, while other clients log in and out.
     Churn,
+    /// No server: a trivial libzmq fan-out (one ROUTER that forwards every
+    /// message to every other peer) in this process, driven like saturate.
+    /// The loadgen's own ceiling on this machine.
+    Ceiling,
 }
 
 #[derive(Debug, Parser)]
@@ -61,9 +67,10 @@ struct Args {
     /// Seconds of load.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-    /// Updates per second for rate-based scenarios.
-    #[arg(long, default_value_t = 1000)]
-    rate: u64,
+    /// Updates per second for rate-based scenarios (default 1000); with
+    /// ceiling, paces the writer instead of saturating.
+    #[arg(long)]
+    rate: Option<u64>,
     /// Bytes of node data per update.
     #[arg(long, default_value_t = DEFAULT_PAYLOAD)]
     payload: usize,
@@ -244,8 +251,21 @@ fn node_frames(uuid: &str, seq: u64, payload: &[u8]) -> Vec<Bytes> {
     .frames("COMMON")
 }
 
-/// The timestamp inside a relayed node (or metadata) update.
+/// Where the writer's pickle puts the timestamp: the dict's first key
+/// `ts` (SHORT_BINUNICODE, MEMOIZE) then SHORT_BINBYTES of 8.
+const TS_MARKER: &[u8] = b"\x8c\x02ts\x94C\x08";
+/// How far into the pickle the marker may start.
+const TS_SEARCH: usize = 48;
+
+/// The timestamp inside a relayed node (or metadata) update: found at its
+/// known place without decoding the whole pickle (readers must keep up
+/// with hundreds of thousands of messages a second), else decoded.
 fn timestamp_of(raw: &[u8]) -> Option<u64> {
+    let head = &raw[..raw.len().min(TS_SEARCH)];
+    if let Some(i) = head.windows(TS_MARKER.len()).position(|w| w == TS_MARKER) {
+        let at = i + TS_MARKER.len();
+        return Some(u64::from_le_bytes(raw.get(at..at + 8)?.try_into().ok()?));
+    }
     let v = pickle::decode(raw, Allow::Data).ok()?;
     let ts = v.get("ts")?.as_bytes()?;
     Some(u64::from_le_bytes(ts.try_into().ok()?))
@@ -302,10 +322,127 @@ fn init_session(admin: &SimClient, count: usize, payload: &[u8]) -> Result<Vec<S
     Ok(uuids)
 }
 
+/// What a reader sends the trivial fan-out to be counted in.
+const FANOUT_HELLO: &[u8] = b"HELLO";
+
+/// The ceiling's stand-in server: a ROUTER that forwards each message to
+/// every peer that said hello, without looking at it.
+fn start_fanout(
+    ctx: &zmq::Context,
+    host: &str,
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> Result<thread::JoinHandle<()>, String> {
+    let router = ctx.socket(zmq::ROUTER).map_err(|e| e.to_string())?;
+    router.set_sndhwm(10_000).map_err(|e| e.to_string())?;
+    router.set_linger(0).map_err(|e| e.to_string())?;
+    router
+        .bind(&format!("tcp://{host}:{port}"))
+        .map_err(|e| format!("cannot bind the fan-out on {port}: {e}"))?;
+    Ok(thread::spawn(move || {
+        let mut peers: Vec<Vec<u8>> = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if router.poll(zmq::POLLIN, 50).unwrap_or(0) == 0 {
+                continue;
+            }
+            while let Ok(parts) = router.recv_multipart(zmq::DONTWAIT) {
+                if parts.len() == 2 && parts[1] == FANOUT_HELLO {
+                    peers.push(parts[0].clone());
+                    continue;
+                }
+                for p in peers.iter().filter(|p| **p != parts[0]) {
+                    let _ = router.send(&p[..], zmq::SNDMORE | zmq::DONTWAIT);
+                    let last = parts.len() - 1;
+                    for (i, f) in parts.iter().enumerate().skip(1) {
+                        let _ = router.send(&f[..], if i < last { zmq::SNDMORE } else { 0 } | zmq::DONTWAIT);
+                    }
+                }
+            }
+        }
+    }))
+}
+
 #[derive(Default)]
 struct ReaderStats {
     received: u64,
     latency: Option<Histogram<u64>>,
+}
+
+/// How often the reader thread answers the server's pings.
+const PONG_EVERY: Duration = Duration::from_millis(100);
+
+/// Reads every reader's updates until `stop` and the drain; the stalled
+/// reader (if any) keeps its heartbeat but never reads its data, and is
+/// left out of the stats.
+fn read_all(clients: Vec<SimClient>, metadata: bool, stalled: Option<usize>, stop: &AtomicBool) -> Vec<ReaderStats> {
+    let mut stats: Vec<ReaderStats> = clients
+        .iter()
+        .map(|_| ReaderStats {
+            received: 0,
+            latency: Histogram::new(3).ok(),
+        })
+        .collect();
+    let mut last_seen = Instant::now();
+    let mut last_pong = Instant::now();
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            let at = *stopped_at.get_or_insert_with(Instant::now);
+            if at.elapsed() > MAX_DRAIN || last_seen.elapsed() > DRAIN {
+                break;
+            }
+        }
+        if last_pong.elapsed() > PONG_EVERY {
+            clients.iter().for_each(SimClient::pong);
+            last_pong = Instant::now();
+        }
+        let watched: Vec<usize> = (0..clients.len()).filter(|i| Some(*i) != stalled).collect();
+        let mut items: Vec<zmq::PollItem> = watched
+            .iter()
+            .map(|&i| {
+                let c = &clients[i];
+                if metadata { &c.command } else { &c.data }.as_poll_item(zmq::POLLIN)
+            })
+            .collect();
+        if zmq::poll(&mut items, 5).unwrap_or(0) == 0 {
+            continue;
+        }
+        let readable: Vec<usize> = watched
+            .iter()
+            .zip(&items)
+            .filter(|(_, item)| item.is_readable())
+            .map(|(i, _)| *i)
+            .collect();
+        drop(items);
+        for i in readable {
+            let c = &clients[i];
+            let socket = if metadata { &c.command } else { &c.data };
+            while let Some(frames) = recv(socket, zmq::DONTWAIT) {
+                let raw = if metadata {
+                    match Command::decode(&frames) {
+                        Ok(c) if c.kind == CommandKind::UpdateUserMetadata => Some(c.raw_data),
+                        _ => None,
+                    }
+                } else {
+                    frames.get(4).cloned()
+                };
+                if let Some(raw) = raw {
+                    let s = &mut stats[i];
+                    s.received += 1;
+                    if let (Some(ts), Some(h)) = (timestamp_of(&raw), s.latency.as_mut()) {
+                        let _ = h.record(now_ns().saturating_sub(ts) / 1_000);
+                    }
+                    last_seen = Instant::now();
+                }
+            }
+        }
+    }
+    stats
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != stalled)
+        .map(|(_, s)| s)
+        .collect()
 }
 
 fn peak_rss_kb(pid: Option<u32>) -> Option<u64> {
@@ -365,8 +502,21 @@ fn run(args: &Args) -> Result<Report, String> {
         errors: Vec::new(),
     };
     let run_id = now_ns() % 1_000_000;
+    let ceiling = args.scenario == Scenario::Ceiling;
+    let stop = Arc::new(AtomicBool::new(false));
+    // The fan-out runs until the readers have drained, not just the writer.
+    let fanout_stop = Arc::new(AtomicBool::new(false));
+    let fanout = if ceiling {
+        Some(start_fanout(&ctx, &args.host, args.port + 1, fanout_stop.clone())?)
+    } else {
+        None
+    };
     let admin = SimClient::connect(&ctx, &target, &format!("w{run_id}"))?;
-    let answer = admin.login(&target, true)?;
+    let answer = if ceiling {
+        "LOBBY".to_string()
+    } else {
+        admin.login(&target, true)?
+    };
     if answer.starts_with("FAILED") {
         return Err(format!("writer login: {answer}"));
     }
@@ -378,7 +528,9 @@ fn run(args: &Args) -> Result<Report, String> {
             (0..args.init_bytes).map(|i| (i * 13) as u8).collect(),
         )
     };
-    let uuids = if answer == "LOBBY" {
+    let uuids = if ceiling {
+        vec![format!("{:08x}-0000-4000-8000-000000000000", run_id)]
+    } else if answer == "LOBBY" {
         init_session(&admin, init_count, &init_payload)?
     } else {
         return Err("the server is already initialised: start it with an empty data folder".into());
@@ -424,76 +576,33 @@ fn run(args: &Args) -> Result<Report, String> {
         return Ok(report);
     }
 
-    // Readers: each a thread with its own client.
+    // Readers: logged in here, then read by one thread that polls them
+    // all, so a message costs the loadgen one wake-up, not one per reader.
     let readers = args.clients.saturating_sub(1).max(1);
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(Barrier::new(readers + 1));
-    let stats: Arc<Mutex<Vec<ReaderStats>>> = Arc::new(Mutex::new(Vec::new()));
     let metadata = args.scenario == Scenario::Metadata;
-    let mut handles = Vec::new();
+    let mut clients = Vec::new();
     for r in 0..readers {
-        let (stop, ready, stats) = (stop.clone(), ready.clone(), stats.clone());
         let client = SimClient::connect(&ctx, &target, &format!("r{r}-{run_id}"))?;
-        let answer = client.login(&target, false)?;
+        let answer = if ceiling {
+            send(&client.data, &[Bytes::from_static(FANOUT_HELLO)]).map_err(|e| e.to_string())?;
+            "RUNNING".to_string()
+        } else {
+            client.login(&target, false)?
+        };
         if answer.starts_with("FAILED") {
             return Err(format!("reader login: {answer}"));
         }
-        let stalled = args.scenario == Scenario::SlowReader && r == 0;
-        handles.push(thread::spawn(move || {
-            let mut s = ReaderStats {
-                received: 0,
-                latency: Histogram::new(3).ok(),
-            };
-            ready.wait();
-            let mut last_seen = Instant::now();
-            let mut stopped_at: Option<Instant> = None;
-            loop {
-                if stop.load(Ordering::Relaxed) && stopped_at.get_or_insert_with(Instant::now).elapsed() > MAX_DRAIN {
-                    break;
-                }
-                client.pong();
-                if stalled {
-                    // Keeps its heartbeat but never reads its data.
-                    thread::sleep(Duration::from_millis(20));
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    continue;
-                }
-                let socket = if metadata { &client.command } else { &client.data };
-                let mut got = false;
-                if socket.poll(zmq::POLLIN, 5).unwrap_or(0) > 0 {
-                    while let Some(frames) = recv(socket, zmq::DONTWAIT) {
-                        let raw = if metadata {
-                            match Command::decode(&frames) {
-                                Ok(c) if c.kind == CommandKind::UpdateUserMetadata => Some(c.raw_data),
-                                _ => None,
-                            }
-                        } else {
-                            frames.get(4).cloned()
-                        };
-                        if let Some(raw) = raw {
-                            s.received += 1;
-                            got = true;
-                            if let (Some(ts), Some(h)) = (timestamp_of(&raw), s.latency.as_mut()) {
-                                let _ = h.record(now_ns().saturating_sub(ts) / 1_000);
-                            }
-                        }
-                    }
-                }
-                if got {
-                    last_seen = Instant::now();
-                } else if stop.load(Ordering::Relaxed) && last_seen.elapsed() > DRAIN {
-                    break;
-                }
-            }
-            if let Ok(mut all) = stats.lock()
-                && !stalled
-            {
-                all.push(s);
-            }
-        }));
+        clients.push(client);
     }
+    let poller = {
+        let stop = stop.clone();
+        let stalled = if args.scenario == Scenario::SlowReader {
+            Some(0)
+        } else {
+            None
+        };
+        thread::spawn(move || read_all(clients, metadata, stalled, &stop))
+    };
     // Churn: other clients log in and out during the stream.
     let churned = Arc::new(AtomicU64::new(0));
     let churn_handle = if args.scenario == Scenario::Churn {
@@ -517,13 +626,14 @@ fn run(args: &Args) -> Result<Report, String> {
     } else {
         None
     };
-    ready.wait();
     thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
     let duration = Duration::from_secs_f64(args.seconds);
-    let interval = match args.scenario {
-        Scenario::Saturate | Scenario::Metadata => None,
-        _ => Some(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64)),
+    let interval = match (args.scenario, args.rate) {
+        (Scenario::Saturate | Scenario::Metadata, _) | (Scenario::Ceiling, None) => None,
+        (_, rate) => Some(Duration::from_secs_f64(
+            1.0 / rate.unwrap_or(DEFAULT_RATE).max(1) as f64,
+        )),
     };
     let uuid = &uuids[0];
     let mut seq = 0u64;
@@ -568,13 +678,14 @@ fn run(args: &Args) -> Result<Report, String> {
         admin.drain_commands();
         thread::sleep(Duration::from_millis(20));
     }
-    for h in handles {
-        let _ = h.join();
+    let all = poller.join().map_err(|_| "the reader thread panicked")?;
+    fanout_stop.store(true, Ordering::Relaxed);
+    if let Some(f) = fanout {
+        let _ = f.join();
     }
     if let Some(h) = churn_handle {
         let _ = h.join();
     }
-    let all = stats.lock().map_err(|_| "stats poisoned")?;
     let mut merged = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     for s in all.iter() {
         report.delivered += s.received;
