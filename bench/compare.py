@@ -21,16 +21,35 @@ QUICK = "--quick" in sys.argv
 REPEATS = 1 if QUICK else 3
 SECONDS = "2" if QUICK else "5"
 
-# (name, loadgen arguments, the metric compared, higher is better)
+# (name, loadgen arguments, the metric compared, higher is better, target,
+#  whether the trivial libzmq fan-out can run it)
 SCENARIOS = [
-    ("relay saturation, 10 clients (deliveries/s)", ["--scenario", "saturate", "--clients", "10"], "deliveries_per_s", True),
-    ("relay saturation, 30 clients (deliveries/s)", ["--scenario", "saturate", "--clients", "30"], "deliveries_per_s", True),
-    ("30 clients, 1,000 updates/s: p50 (ms)", ["--scenario", "rate", "--clients", "30", "--rate", "1000"], "p50_ms", False),
-    ("30 clients, 1,000 updates/s: p99 (ms)", ["--scenario", "rate", "--clients", "30", "--rate", "1000"], "p99_ms", False),
-    ("10 clients, 1,000 updates/s: p99 (ms)", ["--scenario", "rate", "--clients", "10", "--rate", "1000"], "p99_ms", False),
-    ("metadata fan-out saturation, 30 clients (deliveries/s)", ["--scenario", "metadata", "--clients", "30"], "deliveries_per_s", True),
-    ("join of 10,000 nodes, one GET at a time (s)", ["--scenario", "join", "--nodes", "10000"], "join_s", False),
-    ("peak memory holding 10,000 nodes of 2 KB (MB)", ["--scenario", "join", "--nodes", "10000"], "server_peak_rss_mb", False),
+    ("relay saturation, 10 clients (deliveries/s)", ["--scenario", "saturate", "--clients", "10"],
+     "deliveries_per_s", True, ">= 300k", True),
+    ("relay saturation, 30 clients (deliveries/s)", ["--scenario", "saturate", "--clients", "30"],
+     "deliveries_per_s", True, ">= 300k", True),
+    ("relay saturation, 10 clients, 100-byte updates (deliveries/s)",
+     ["--scenario", "saturate", "--clients", "10", "--payload", "100"], "deliveries_per_s", True, "", True),
+    ("30 clients, 1,000 updates/s: p50 (ms)", ["--scenario", "rate", "--clients", "30", "--rate", "1000"],
+     "p50_ms", False, "<= 0.5", True),
+    ("30 clients, 1,000 updates/s: p99 (ms)", ["--scenario", "rate", "--clients", "30", "--rate", "1000"],
+     "p99_ms", False, "<= 2", True),
+    ("10 clients, 1,000 updates/s: p99 (ms)", ["--scenario", "rate", "--clients", "10", "--rate", "1000"],
+     "p99_ms", False, "<= 1", True),
+    ("metadata fan-out saturation, 30 clients (deliveries/s)", ["--scenario", "metadata", "--clients", "30"],
+     "deliveries_per_s", True, ">= 300k", False),
+    ("join of 10,000 nodes, one GET at a time (s)", ["--scenario", "join", "--nodes", "10000"],
+     "join_s", False, "<= 1.5", False),
+    ("join: server time per GET, p99 (us, bucket bound)", ["--scenario", "join", "--nodes", "10000"],
+     "server_get_p99_us", False, "<= 50", False),
+    ("peak memory holding 10,000 nodes of 2 KB (MB)", ["--scenario", "join", "--nodes", "10000"],
+     "server_peak_rss_mb", False, "<= 50", False),
+    ("slow reader, 10 clients at 1,000/s: other readers' p99 (ms)",
+     ["--scenario", "slow-reader", "--clients", "10", "--rate", "1000"], "p99_ms", False, "<= 1", False),
+    ("slow reader: server peak memory (MB)", ["--scenario", "slow-reader", "--clients", "10", "--rate", "1000"],
+     "server_peak_rss_mb", False, "bounded", False),
+    ("200 logins/logouts during 1,000 updates/s: updates lost", ["--scenario", "churn", "--clients", "10",
+     "--rate", "1000"], "lost", False, "0", False),
 ]
 
 
@@ -64,6 +83,7 @@ def start(kind, port, workdir):
         proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     else:
+        env["ADMIN_ADDR"] = f"127.0.0.1:{port + 3}"
         proc = subprocess.Popen([OURS], env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 20
     # The protocol's answer only: the Python server has no admin endpoint.
@@ -84,7 +104,40 @@ def stop(proc):
         proc.wait()
 
 
+def server_get_p99_us(port):
+    """The p99 of our server's own time per Snapshot request, as the upper
+    bound of its histogram bucket (from /metrics)."""
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+        import urllib.request
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        text = opener.open(f"http://127.0.0.1:{port + 3}/metrics", timeout=10).read().decode()
+    except Exception:
+        return None
+    buckets = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "replication_snapshot_request_seconds_bucket":
+                buckets.append((float(s.labels["le"]), s.value))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+    for bound, count in buckets:
+        if count >= 0.99 * total:
+            return bound * 1e6
+    return None
+
+
 def measure(kind, args):
+    if kind == "ceiling":
+        # No server: the loadgen's own trivial fan-out, same arguments.
+        scenario = args[args.index("--scenario") + 1]
+        rest = [a for i, a in enumerate(args) if a != "--scenario" and (i == 0 or args[i - 1] != "--scenario")]
+        out = subprocess.run([LOADGEN, "--port", str(free_port()), "--seconds", SECONDS, "--json", "--scenario",
+                              "ceiling", *rest], capture_output=True, text=True, timeout=300)
+        assert scenario in ("saturate", "rate")
+        return json.loads(out.stdout) if out.returncode == 0 else {"error": out.stderr.strip()}
     with tempfile.TemporaryDirectory() as workdir:
         port = free_port()
         proc = start(kind, port, workdir)
@@ -93,7 +146,10 @@ def measure(kind, args):
                                   "--json", *args], capture_output=True, text=True, timeout=300)
             if out.returncode != 0:
                 return {"error": out.stderr.strip()}
-            return json.loads(out.stdout)
+            result = json.loads(out.stdout)
+            if kind == "ours":
+                result["server_get_p99_us"] = server_get_p99_us(port)
+            return result
         finally:
             stop(proc)
 
@@ -106,9 +162,9 @@ def median(values):
 def main():
     rows = []
     cache = {}
-    for name, args, metric, higher in SCENARIOS:
-        result = {}
-        for kind in ("python", "ours"):
+    for name, args, metric, higher, target, has_ceiling in SCENARIOS:
+        result = {"ceiling": None}
+        for kind in ("python", "ours", "ceiling") if has_ceiling else ("python", "ours"):
             key = (kind, tuple(args))
             if key not in cache:
                 cache[key] = [measure(kind, args) for _ in range(REPEATS)]
@@ -117,11 +173,13 @@ def main():
             result[kind + "_lost"] = sum(r.get("lost", 0) or 0 for r in runs)
             result[kind + "_errors"] = [r["error"] for r in runs if "error" in r]
         py, ours = result["python"], result["ours"]
-        if py and ours:
+        if metric == "lost":
+            ratio = None
+        elif py and ours:
             ratio = (ours / py) if higher else (py / ours)
         else:
             ratio = None
-        rows.append((name, py, ours, ratio, result))
+        rows.append((name, py, ours, ratio, result, target))
         print(f"{name}: python {py} | ours {ours} | {('%.1fx' % ratio) if ratio else '-'}", flush=True)
     date = datetime.date.today().isoformat()
     lines = [
@@ -130,14 +188,19 @@ def main():
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}. "
         f"Each cell is the median of {REPEATS} run(s) of {SECONDS} s; the ratio says how many times better ours is.",
         "",
-        "| measurement | Python server | replication-server | ratio |",
-        "|---|---|---|---|",
+        "The last but one column is the same loadgen driving a trivial libzmq fan-out (one ROUTER forwarding "
+        "every message to every other peer, no decoding) in its own process: the ceiling of this machine and "
+        "load generator.",
+        "",
+        "| measurement | Python server | replication-server | ratio | trivial libzmq fan-out | target |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, py, ours, ratio, result in rows:
-        fmt = lambda v: "failed" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.3f}")
-        lines.append(f"| {name} | {fmt(py)} | {fmt(ours)} | {('%.1fx' % ratio) if ratio else '-'} |")
+    for name, py, ours, ratio, result, target in rows:
+        fmt = lambda v: "-" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.3f}")
+        lines.append(f"| {name} | {fmt(py)} | {fmt(ours)} | {('%.1fx' % ratio) if ratio else '-'} | "
+                     f"{fmt(result['ceiling'])} | {target} |")
     lines.append("")
-    errors = [(n, r) for n, _, _, _, r in rows if r["python_errors"] or r["ours_errors"]]
+    errors = [(n, r) for n, _, _, _, r, _ in rows if r["python_errors"] or r["ours_errors"]]
     for n, r in errors:
         lines.append(f"- {n}: python errors {r['python_errors'][:1]}, ours errors {r['ours_errors'][:1]}")
     lines.append("Reproduce: `bench/compare.sh`.")

@@ -230,8 +230,8 @@ fn import(config: &Config, file: &std::path::Path) -> Result<String, String> {
     // The imported session replaces whatever the journals hold.
     let mut covered = 0;
     for path in [dir.journal(), dir.prev_journal()] {
-        if let Ok(Some(r)) = store::journal::read(&path) {
-            covered = covered.max(r.generation);
+        if let Ok(Some(generation)) = store::journal::read_generation(&path) {
+            covered = covered.max(generation);
         }
     }
     image.journal_generation = covered;

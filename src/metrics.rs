@@ -233,6 +233,9 @@ pub struct Gauges {
     pub active: bool,
     pub session: SessionStats,
     pub relay_latency: Histogram,
+    /// Time the server spends answering one Snapshot request (a joining
+    /// client's catalog or node GET).
+    pub snapshot_requests: Histogram,
     pub save: SaveStats,
 }
 
@@ -271,6 +274,17 @@ fn traffic(out: &mut Out, name: &str, help: &str, traffic: &[Traffic; 3], bytes:
             }
         }
     }
+}
+
+fn histogram(out: &mut Out, name: &str, h: &Histogram) {
+    let mut cumulative = 0;
+    for (bound, n) in LATENCY_BUCKETS_S.iter().zip(h.counts) {
+        cumulative += n;
+        out.sample(&format!("{name}_bucket"), &[("le", &bound.to_string())], cumulative);
+    }
+    out.sample(&format!("{name}_bucket"), &[("le", "+Inf")], h.count());
+    out.sample(&format!("{name}_sum"), &[], h.sum_s);
+    out.sample(&format!("{name}_count"), &[], h.count());
 }
 
 /// The Prometheus text exposition of everything counted.
@@ -369,22 +383,13 @@ pub fn render(net: &NetMetrics, g: &Gauges) -> String {
         "histogram",
         "Time from receiving a Node or Commit to handing it to the sockets of its recipients.",
     );
-    let mut cumulative = 0;
-    for (bound, n) in LATENCY_BUCKETS_S.iter().zip(g.relay_latency.counts) {
-        cumulative += n;
-        out.sample(
-            "relay_latency_seconds_bucket",
-            &[("le", &bound.to_string())],
-            cumulative,
-        );
-    }
-    out.sample(
-        "relay_latency_seconds_bucket",
-        &[("le", "+Inf")],
-        g.relay_latency.count(),
+    histogram(&mut out, "relay_latency_seconds", &g.relay_latency);
+    out.family(
+        "snapshot_request_seconds",
+        "histogram",
+        "Time spent answering one Snapshot request (catalog or node GET of a joining client).",
     );
-    out.sample("relay_latency_seconds_sum", &[], g.relay_latency.sum_s);
-    out.sample("relay_latency_seconds_count", &[], g.relay_latency.count());
+    histogram(&mut out, "snapshot_request_seconds", &g.snapshot_requests);
     out.family("saves_total", "counter", "Snapshot saves, by result.");
     out.sample("saves_total", &[("result", "ok")], g.save.succeeded);
     out.sample("saves_total", &[("result", "failed")], g.save.failed);

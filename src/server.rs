@@ -20,6 +20,7 @@ use crate::session::{Channel, Outgoing, STATUS_ACTIVE, ServerState, SessionConfi
 use crate::shutdown;
 use crate::store::writer;
 use crate::store::{DataDir, JournalWriter, StoreError};
+use crate::wire::CommandKind;
 
 /// How long shutdown waits for the final save before giving up.
 const FINAL_SAVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,28 +51,32 @@ fn state_name(state: ServerState) -> &'static str {
     }
 }
 
-fn status(session: &SessionState, saver: &Saver, relay_latency: &Histogram) -> Status {
-    let users = session
-        .clients()
-        .map(|(_, c)| UserInfo {
-            name: c.username.clone(),
-            admin: c.admin,
-            latency_ms: c.latency,
-            status: if c.status == STATUS_ACTIVE { "active" } else { "lobby" }.to_string(),
-        })
-        .collect();
-    Status {
-        state: state_name(session.state()),
-        users,
-        gauges: Gauges {
-            users: session.client_count(),
-            nodes: session.graph().len(),
-            bytes_held: session.graph().bytes_held(),
-            active: session.state() == ServerState::Active,
-            session: session.stats.clone(),
-            relay_latency: relay_latency.clone(),
-            save: saver.stats(),
-        },
+impl Core {
+    fn status(&self) -> Status {
+        let (session, saver) = (&self.session, &self.saver);
+        let users = session
+            .clients()
+            .map(|(_, c)| UserInfo {
+                name: c.username.clone(),
+                admin: c.admin,
+                latency_ms: c.latency,
+                status: if c.status == STATUS_ACTIVE { "active" } else { "lobby" }.to_string(),
+            })
+            .collect();
+        Status {
+            state: state_name(session.state()),
+            users,
+            gauges: Gauges {
+                users: session.client_count(),
+                nodes: session.graph().len(),
+                bytes_held: session.graph().bytes_held(),
+                active: session.state() == ServerState::Active,
+                session: session.stats.clone(),
+                relay_latency: self.relay_latency.clone(),
+                snapshot_requests: self.snapshot_requests.clone(),
+                save: saver.stats(),
+            },
+        }
     }
 }
 
@@ -84,6 +89,7 @@ struct Core {
     monitor: HeartbeatMonitor,
     metrics: Arc<NetMetrics>,
     relay_latency: Histogram,
+    snapshot_requests: Histogram,
     /// When the updates handled since the last flush arrived.
     received: Vec<Instant>,
     save_period: Duration,
@@ -166,7 +172,15 @@ impl Core {
             match self.net.recv(channel, |peer| session.is_client(peer)) {
                 Recv::Nothing => break,
                 Recv::Skipped => {}
-                Recv::Message(Received::Command { peer, command }) => self.session.handle_command(peer, command),
+                Recv::Message(Received::Command { peer, command }) => {
+                    if command.kind == CommandKind::Snapshot {
+                        let started = Instant::now();
+                        self.session.handle_command(peer, command);
+                        self.snapshot_requests.observe(started.elapsed().as_secs_f64());
+                    } else {
+                        self.session.handle_command(peer, command);
+                    }
+                }
                 Recv::Message(Received::Update { peer, update, frames }) => {
                     let at = net::now();
                     self.session.handle_update(peer, *update, frames);
@@ -232,7 +246,7 @@ impl Core {
             Control::Signal(name) => return Some(name),
             Control::Saved(outcome) => self.saver.finished(&mut self.session, outcome),
             Control::Admin(AdminRequest::Status(reply)) => {
-                let _ = reply.send(status(&self.session, &self.saver, &self.relay_latency));
+                let _ = reply.send(self.status());
             }
             Control::Admin(AdminRequest::Kick { user, reply }) => {
                 let _ = reply.send(self.session.kick(&user, "kicked by the server admin"));
@@ -379,6 +393,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         monitor: HeartbeatMonitor::new(config.timeout_ms, net::now_ms()),
         metrics,
         relay_latency: Histogram::default(),
+        snapshot_requests: Histogram::default(),
         received: Vec::with_capacity(net::RECV_BATCH),
         save_period,
         next_autosave: Instant::now() + save_period,

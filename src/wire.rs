@@ -271,7 +271,11 @@ impl NodeFrames {
         };
         let frames = items
             .iter()
-            .map(|i| i.as_bytes().map(Bytes::copy_from_slice))
+            .map(|i| match i {
+                // The decoded buffer becomes the node's, without a copy.
+                Value::Bytes(b) => Some(Bytes::from_owner(b.clone())),
+                _ => None,
+            })
             .collect::<Option<Vec<_>>>()
             .ok_or(WireError::BadType("node frames must be bytes".into()))?;
         Self::decode(&frames)

@@ -17,7 +17,8 @@ fn free_base_port(salt: u64) -> u16 {
     loop {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let base = 20_000 + ((seed >> 33) % 40_000) as u16;
-        if (0..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        // The three ZeroMQ ports and the admin endpoint.
+        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }
@@ -32,6 +33,7 @@ fn start(port: u16) -> Child {
         .arg(&data)
         .env("ADMIN_PASSWORD", "admin")
         .env_remove("SERVER_PASSWORD")
+        .env_remove("ADMIN_ADDR")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -39,6 +41,7 @@ fn start(port: u16) -> Child {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Command::new(SERVER)
         .args(["-p", &port.to_string(), "health"])
+        .env_remove("ADMIN_ADDR")
         .output()
         .unwrap()
         .status
@@ -88,6 +91,20 @@ fn run(scenario: &str, extra: &[&str], salt: u64) -> String {
     );
     assert!(json.contains("\"errors\":[]"), "{scenario}: {json}");
     json
+}
+
+#[test]
+fn the_ceiling_scenario_needs_no_server_and_loses_nothing() {
+    let port = free_base_port(6);
+    let out = Command::new(LOADGEN)
+        .args(["--port", &port.to_string(), "--scenario", "ceiling", "--clients", "4"])
+        .args(["--seconds", "1", "--rate", "500", "--json"])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(field(&json, "sent") >= 300.0, "{json}");
+    assert_eq!(field(&json, "delivered"), field(&json, "sent") * 3.0, "{json}");
 }
 
 #[test]

@@ -151,8 +151,8 @@ pub(crate) fn put_node_entry(node: &crate::wire::NodeFrames) -> JournalEntry {
         uuid: node.uuid.clone(),
         owner: node.owner.clone(),
         dependencies: node.dependencies.clone(),
-        raw_dependencies: serde_bytes::ByteBuf::from(node.raw_dependencies.to_vec()),
-        raw_data: serde_bytes::ByteBuf::from(node.raw_data.to_vec()),
+        raw_dependencies: node.raw_dependencies.clone(),
+        raw_data: node.raw_data.clone(),
     }
 }
 
@@ -311,8 +311,8 @@ impl SessionState {
                         self.record(JournalEntry::Commit {
                             uuid: commit.node_id.clone(),
                             dependencies: commit.dependencies.clone(),
-                            raw_dependencies: serde_bytes::ByteBuf::from(commit.raw_dependencies.to_vec()),
-                            raw_delta: serde_bytes::ByteBuf::from(commit.raw_delta.to_vec()),
+                            raw_dependencies: commit.raw_dependencies.clone(),
+                            raw_delta: commit.raw_delta.clone(),
                         });
                         debug!(user = %self.username(&peer), node = %commit.node_id, "commit applied");
                         for line in skipped {

@@ -176,8 +176,8 @@ impl SessionState {
                     uuid,
                     owner,
                     dependencies,
-                    raw_dependencies: Bytes::from(raw_dependencies.into_vec()),
-                    raw_data: Bytes::from(raw_data.into_vec()),
+                    raw_dependencies,
+                    raw_data,
                 }),
                 JournalEntry::Commit {
                     uuid,
@@ -195,8 +195,8 @@ impl SessionState {
                     let commit = CommitFrames {
                         node_id: uuid.clone(),
                         dependencies,
-                        raw_dependencies: Bytes::from(raw_dependencies.into_vec()),
-                        raw_delta: Bytes::from(raw_delta.into_vec()),
+                        raw_dependencies,
+                        raw_delta,
                         delta,
                     };
                     if let Err(e) = self.graph.apply_commit(&commit, &mut Vec::new()) {

@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -53,15 +54,15 @@ pub enum JournalEntry {
         uuid: String,
         owner: String,
         dependencies: Option<Vec<String>>,
-        raw_dependencies: ByteBuf,
-        raw_data: ByteBuf,
+        raw_dependencies: Bytes,
+        raw_data: Bytes,
     },
     /// An applied commit: replaying the delta gives the same result.
     Commit {
         uuid: String,
         dependencies: Option<Vec<String>>,
-        raw_dependencies: ByteBuf,
-        raw_delta: ByteBuf,
+        raw_dependencies: Bytes,
+        raw_delta: Bytes,
     },
     Delete {
         uuid: String,
@@ -100,6 +101,30 @@ pub struct Replay {
     pub valid_len: u64,
     /// Why the tail was dropped, if it was.
     pub dropped_tail: Option<String>,
+}
+
+/// The generation of a journal from its header alone: checking whether a
+/// snapshot covers a journal must not read the whole journal (after an
+/// upload it is as large as the session).
+pub fn read_generation(path: &Path) -> Result<Option<u64>, StoreError> {
+    let mut header = [0u8; FILE_HEADER_LEN];
+    match File::open(path) {
+        Ok(mut f) => match f.read_exact(&mut header) {
+            Ok(()) if &header[..8] == MAGIC => {
+                let mut g = [0u8; 8];
+                g.copy_from_slice(&header[8..16]);
+                Ok(Some(u64::from_le_bytes(g)))
+            }
+            // A journal without its header holds nothing to replay.
+            _ => Ok(Some(0)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io {
+            what: "open the journal",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
 }
 
 /// Reads a journal, stopping at the first torn or corrupt record.
@@ -329,6 +354,8 @@ mod tests {
         drop(w);
         let r = read(&p).unwrap().unwrap();
         assert_eq!((r.generation, r.entries.len(), r.dropped_tail.is_none()), (3, 5, true));
+        assert_eq!(read_generation(&p).unwrap(), Some(3));
+        assert_eq!(read_generation(&d.join("absent")).unwrap(), None);
         // A torn last record and garbage after it.
         let mut bytes = fs::read(&p).unwrap();
         let full = bytes.len();

@@ -151,8 +151,8 @@ fn save(dir: &DataDir, max_backups: usize, job: SaveJob) -> Result<Saved, StoreE
     drop(image);
     // The snapshot holds every change of the closed journal now.
     let prev = dir.prev_journal();
-    if let Some(replay) = journal::read(&prev)?
-        && replay.generation <= job.generation
+    if let Some(generation) = journal::read_generation(&prev)?
+        && generation <= job.generation
     {
         std::fs::remove_file(&prev).map_err(|source| StoreError::Io {
             what: "remove the saved journal",
