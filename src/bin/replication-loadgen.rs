@@ -47,6 +47,10 @@ enum Scenario {
     /// message to every other peer) in this process, driven like saturate.
     /// The loadgen's own ceiling on this machine.
     Ceiling,
+    /// No server: --nodes round trips, one at a time, to a trivial libzmq
+    /// echo in this process (request the size of a GET, answer the size of
+    /// a node): the fastest a join can be on this machine.
+    EchoCeiling,
 }
 
 #[derive(Debug, Parser)]
@@ -475,6 +479,58 @@ struct Report {
     errors: Vec<String>,
 }
 
+/// Round trips to a trivial echo: what a join's request/answer pattern
+/// costs with no server work at all.
+fn echo_ceiling(ctx: &zmq::Context, args: &Args, report: &mut Report) -> Result<(), String> {
+    // A context of its own, as a server process would have: its own I/O thread.
+    let server_ctx = zmq::Context::new();
+    let router = server_ctx.socket(zmq::ROUTER).map_err(|e| e.to_string())?;
+    router.set_linger(0).map_err(|e| e.to_string())?;
+    router
+        .bind(&format!("tcp://{}:{}", args.host, args.port))
+        .map_err(|e| format!("cannot bind the echo on {}: {e}", args.port))?;
+    let answer = vec![7u8; args.payload];
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if router.poll(zmq::POLLIN, 50).unwrap_or(0) == 0 {
+                    continue;
+                }
+                while let Ok(parts) = router.recv_multipart(zmq::DONTWAIT) {
+                    let _ = router.send(&parts[0][..], zmq::SNDMORE);
+                    let _ = router.send(&answer[..], 0);
+                }
+            }
+        })
+    };
+    let client = ctx.socket(zmq::DEALER).map_err(|e| e.to_string())?;
+    client.set_linger(0).map_err(|e| e.to_string())?;
+    client
+        .connect(&format!("tcp://{}:{}", args.host, args.port))
+        .map_err(|e| e.to_string())?;
+    let request = vec![1u8; 120];
+    let mut rtt = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    for _ in 0..args.nodes {
+        let t = Instant::now();
+        client.send(&request[..], 0).map_err(|e| e.to_string())?;
+        if client.poll(zmq::POLLIN, 10_000).unwrap_or(0) == 0 {
+            return Err("the echo did not answer".into());
+        }
+        recv(&client, 0).ok_or("the echo's answer was lost")?;
+        let _ = rtt.record(t.elapsed().as_micros() as u64);
+    }
+    report.join_s = Some(started.elapsed().as_secs_f64());
+    report.join_get_p99_us = Some(rtt.value_at_quantile(0.99) as f64);
+    report.expected = args.nodes as u64;
+    report.delivered = args.nodes as u64;
+    stop.store(true, Ordering::Relaxed);
+    let _ = echo.join();
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<Report, String> {
     let ctx = zmq::Context::new();
     let target = Target {
@@ -501,13 +557,23 @@ fn run(args: &Args) -> Result<Report, String> {
         server_peak_rss_mb: None,
         errors: Vec::new(),
     };
+    if args.scenario == Scenario::EchoCeiling {
+        echo_ceiling(&ctx, args, &mut report)?;
+        return Ok(report);
+    }
     let run_id = now_ns() % 1_000_000;
     let ceiling = args.scenario == Scenario::Ceiling;
     let stop = Arc::new(AtomicBool::new(false));
     // The fan-out runs until the readers have drained, not just the writer.
     let fanout_stop = Arc::new(AtomicBool::new(false));
+    let fanout_ctx = zmq::Context::new();
     let fanout = if ceiling {
-        Some(start_fanout(&ctx, &args.host, args.port + 1, fanout_stop.clone())?)
+        Some(start_fanout(
+            &fanout_ctx,
+            &args.host,
+            args.port + 1,
+            fanout_stop.clone(),
+        )?)
     } else {
         None
     };
