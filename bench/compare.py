@@ -39,7 +39,7 @@ SCENARIOS = [
     ("metadata fan-out saturation, 30 clients (deliveries/s)", ["--scenario", "metadata", "--clients", "30"],
      "deliveries_per_s", True, ">= 300k", False),
     ("join of 10,000 nodes, one GET at a time (s)", ["--scenario", "join", "--nodes", "10000"],
-     "join_s", False, "<= 1.5", False),
+     "join_s", False, "<= 1.5", True),
     ("join: server time per GET, p99 (us, bucket bound)", ["--scenario", "join", "--nodes", "10000"],
      "server_get_p99_us", False, "<= 50", False),
     ("peak memory holding 10,000 nodes of 2 KB (MB)", ["--scenario", "join", "--nodes", "10000"],
@@ -134,9 +134,11 @@ def measure(kind, args):
         # No server: the loadgen's own trivial fan-out, same arguments.
         scenario = args[args.index("--scenario") + 1]
         rest = [a for i, a in enumerate(args) if a != "--scenario" and (i == 0 or args[i - 1] != "--scenario")]
+        # A join is round trips: its floor is a trivial echo; relays: a trivial fan-out.
+        trivial = "echo-ceiling" if scenario == "join" else "ceiling"
+        assert scenario in ("saturate", "rate", "join")
         out = subprocess.run([LOADGEN, "--port", str(free_port()), "--seconds", SECONDS, "--json", "--scenario",
-                              "ceiling", *rest], capture_output=True, text=True, timeout=300)
-        assert scenario in ("saturate", "rate")
+                              trivial, *rest], capture_output=True, text=True, timeout=300)
         return json.loads(out.stdout) if out.returncode == 0 else {"error": out.stderr.strip()}
     with tempfile.TemporaryDirectory() as workdir:
         port = free_port()
@@ -188,9 +190,10 @@ def main():
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}. "
         f"Each cell is the median of {REPEATS} run(s) of {SECONDS} s; the ratio says how many times better ours is.",
         "",
-        "The last but one column is the same loadgen driving a trivial libzmq fan-out (one ROUTER forwarding "
-        "every message to every other peer, no decoding) in its own process: the ceiling of this machine and "
-        "load generator.",
+        "The last but one column is the same loadgen driving a trivial libzmq server with a ZeroMQ context of "
+        "its own (for relays one ROUTER forwarding every message to every other peer, no decoding; for the join "
+        "an echo answering each request with 2 KB): the ceiling of this machine and load generator, since both "
+        "share its cores.",
         "",
         "| measurement | Python server | replication-server | ratio | trivial libzmq fan-out | target |",
         "|---|---|---|---|---|---|",

@@ -21,6 +21,13 @@ use replication_server::wire::{self, Command, CommandKind, NodeFrames};
 const DEFAULT_PAYLOAD: usize = 2_048;
 /// Updates per second of the rate-based scenarios.
 const DEFAULT_RATE: u64 = 1_000;
+/// How long a joining client waits for one node.
+const GET_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a login may take before the run fails.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The churn's logins: a server that stopped answering (the Python
+/// server's relay thread dies in this scenario) must not stall the run.
+const CHURN_LOGIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long readers keep draining after the writer stops.
 const DRAIN: Duration = Duration::from_secs(2);
 /// Messages the writer may have queued in libzmq before it waits, so a
@@ -102,6 +109,9 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Internal: be the trivial server of a ceiling scenario.
+    #[arg(long, value_enum, hide = true)]
+    serve_trivial: Option<Trivial>,
 }
 
 fn now_ns() -> u64 {
@@ -167,6 +177,10 @@ impl SimClient {
     }
 
     fn login(&self, args: &Target, admin: bool) -> Result<String, String> {
+        self.login_within(args, admin, LOGIN_TIMEOUT)
+    }
+
+    fn login_within(&self, args: &Target, admin: bool, timeout: Duration) -> Result<String, String> {
         let auth = dict([
             ("AUTH_TYPE", Value::str(if admin { "ADMIN" } else { "CLIENT" })),
             ("AUTH_ID", Value::str(&self.name)),
@@ -186,7 +200,7 @@ impl SimClient {
         ]);
         send(&self.command, &Command::frames(CommandKind::Auth, &self.name, &auth)).map_err(|e| e.to_string())?;
         send(&self.heartbeat, &[Bytes::from_static(b"INIT")]).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             self.pong();
             if self.command.poll(zmq::POLLIN, 50).unwrap_or(0) > 0
@@ -329,41 +343,88 @@ fn init_session(admin: &SimClient, count: usize, payload: &[u8]) -> Result<Vec<S
 /// What a reader sends the trivial fan-out to be counted in.
 const FANOUT_HELLO: &[u8] = b"HELLO";
 
-/// The ceiling's stand-in server: a ROUTER that forwards each message to
-/// every peer that said hello, without looking at it.
-fn start_fanout(
-    ctx: &zmq::Context,
-    host: &str,
-    port: u16,
-    stop: Arc<AtomicBool>,
-) -> Result<thread::JoinHandle<()>, String> {
+/// The trivial servers of the ceiling scenarios.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum Trivial {
+    /// Forwards each message to every peer that said hello, unread.
+    Fanout,
+    /// Answers each message with --payload bytes.
+    Echo,
+}
+
+/// Runs a trivial server in this process until it is killed. It prints
+/// one line once it listens.
+fn serve_trivial(kind: Trivial, host: &str, port: u16, payload: usize) -> Result<(), String> {
+    let ctx = zmq::Context::new();
     let router = ctx.socket(zmq::ROUTER).map_err(|e| e.to_string())?;
     router.set_sndhwm(10_000).map_err(|e| e.to_string())?;
     router.set_linger(0).map_err(|e| e.to_string())?;
     router
         .bind(&format!("tcp://{host}:{port}"))
-        .map_err(|e| format!("cannot bind the fan-out on {port}: {e}"))?;
-    Ok(thread::spawn(move || {
-        let mut peers: Vec<Vec<u8>> = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            if router.poll(zmq::POLLIN, 50).unwrap_or(0) == 0 {
+        .map_err(|e| format!("cannot bind the trivial server on {port}: {e}"))?;
+    println!("listening");
+    let answer = vec![7u8; payload];
+    let mut peers: Vec<Vec<u8>> = Vec::new();
+    loop {
+        if router.poll(zmq::POLLIN, -1).unwrap_or(0) == 0 {
+            continue;
+        }
+        while let Ok(parts) = router.recv_multipart(zmq::DONTWAIT) {
+            if kind == Trivial::Echo {
+                let _ = router.send(&parts[0][..], zmq::SNDMORE);
+                let _ = router.send(&answer[..], 0);
                 continue;
             }
-            while let Ok(parts) = router.recv_multipart(zmq::DONTWAIT) {
-                if parts.len() == 2 && parts[1] == FANOUT_HELLO {
-                    peers.push(parts[0].clone());
-                    continue;
-                }
-                for p in peers.iter().filter(|p| **p != parts[0]) {
-                    let _ = router.send(&p[..], zmq::SNDMORE | zmq::DONTWAIT);
-                    let last = parts.len() - 1;
-                    for (i, f) in parts.iter().enumerate().skip(1) {
-                        let _ = router.send(&f[..], if i < last { zmq::SNDMORE } else { 0 } | zmq::DONTWAIT);
-                    }
+            if parts.len() == 2 && parts[1] == FANOUT_HELLO {
+                peers.push(parts[0].clone());
+                continue;
+            }
+            for p in peers.iter().filter(|p| **p != parts[0]) {
+                let _ = router.send(&p[..], zmq::SNDMORE | zmq::DONTWAIT);
+                let last = parts.len() - 1;
+                for (i, f) in parts.iter().enumerate().skip(1) {
+                    let _ = router.send(&f[..], if i < last { zmq::SNDMORE } else { 0 } | zmq::DONTWAIT);
                 }
             }
         }
-    }))
+    }
+}
+
+/// A trivial server in a process of its own, as a real server runs;
+/// killed when dropped.
+struct TrivialServer(std::process::Child);
+
+impl TrivialServer {
+    fn start(kind: Trivial, host: &str, port: u16, payload: usize) -> Result<TrivialServer, String> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let kind = kind
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        let mut child = std::process::Command::new(exe)
+            .args(["--serve-trivial", &kind, "--host", host, "--port", &port.to_string()])
+            .args(["--payload", &payload.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the trivial server: {e}"))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        if line.trim() != "listening" {
+            let _ = child.kill();
+            return Err("the trivial server did not start".into());
+        }
+        Ok(TrivialServer(child))
+    }
+}
+
+impl Drop for TrivialServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[derive(Default)]
@@ -482,35 +543,13 @@ struct Report {
 /// Round trips to a trivial echo: what a join's request/answer pattern
 /// costs with no server work at all.
 fn echo_ceiling(ctx: &zmq::Context, args: &Args, report: &mut Report) -> Result<(), String> {
-    // A context of its own, as a server process would have: its own I/O thread.
-    let server_ctx = zmq::Context::new();
-    let router = server_ctx.socket(zmq::ROUTER).map_err(|e| e.to_string())?;
-    router.set_linger(0).map_err(|e| e.to_string())?;
-    router
-        .bind(&format!("tcp://{}:{}", args.host, args.port))
-        .map_err(|e| format!("cannot bind the echo on {}: {e}", args.port))?;
-    let answer = vec![7u8; args.payload];
-    let stop = Arc::new(AtomicBool::new(false));
-    let echo = {
-        let stop = stop.clone();
-        thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if router.poll(zmq::POLLIN, 50).unwrap_or(0) == 0 {
-                    continue;
-                }
-                while let Ok(parts) = router.recv_multipart(zmq::DONTWAIT) {
-                    let _ = router.send(&parts[0][..], zmq::SNDMORE);
-                    let _ = router.send(&answer[..], 0);
-                }
-            }
-        })
-    };
+    let _echo = TrivialServer::start(Trivial::Echo, &args.host, args.port, args.payload)?;
     let client = ctx.socket(zmq::DEALER).map_err(|e| e.to_string())?;
     client.set_linger(0).map_err(|e| e.to_string())?;
     client
         .connect(&format!("tcp://{}:{}", args.host, args.port))
         .map_err(|e| e.to_string())?;
-    let request = vec![1u8; 120];
+    let request = [1u8; 120];
     let mut rtt = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let started = Instant::now();
     for _ in 0..args.nodes {
@@ -526,8 +565,6 @@ fn echo_ceiling(ctx: &zmq::Context, args: &Args, report: &mut Report) -> Result<
     report.join_get_p99_us = Some(rtt.value_at_quantile(0.99) as f64);
     report.expected = args.nodes as u64;
     report.delivered = args.nodes as u64;
-    stop.store(true, Ordering::Relaxed);
-    let _ = echo.join();
     Ok(())
 }
 
@@ -564,15 +601,13 @@ fn run(args: &Args) -> Result<Report, String> {
     let run_id = now_ns() % 1_000_000;
     let ceiling = args.scenario == Scenario::Ceiling;
     let stop = Arc::new(AtomicBool::new(false));
-    // The fan-out runs until the readers have drained, not just the writer.
-    let fanout_stop = Arc::new(AtomicBool::new(false));
-    let fanout_ctx = zmq::Context::new();
-    let fanout = if ceiling {
-        Some(start_fanout(
-            &fanout_ctx,
+    // The fan-out runs until the readers have drained (it is dropped last).
+    let _fanout = if ceiling {
+        Some(TrivialServer::start(
+            Trivial::Fanout,
             &args.host,
             args.port + 1,
-            fanout_stop.clone(),
+            args.payload,
         )?)
     } else {
         None
@@ -621,6 +656,7 @@ fn run(args: &Args) -> Result<Report, String> {
             return Err("bad catalog".into());
         };
         let mut gets = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+        let mut last_pong = Instant::now();
         for id in ids {
             let t = Instant::now();
             let get = dict([("STATE", Value::str("GET")), ("ID", id.clone())]);
@@ -629,10 +665,25 @@ fn run(args: &Args) -> Result<Report, String> {
                 &Command::frames(CommandKind::Snapshot, &joiner.name, &get),
             )
             .map_err(|e| e.to_string())?;
-            joiner
-                .wait_command(CommandKind::Snapshot, Duration::from_secs(10))
-                .ok_or("GET unanswered")?;
+            // As a client's loop does: wait on the command socket alone,
+            // answer pings now and then.
+            let deadline = t + GET_TIMEOUT;
+            loop {
+                if Instant::now() > deadline {
+                    return Err("GET unanswered".into());
+                }
+                if joiner.command.poll(zmq::POLLIN, 100).unwrap_or(0) > 0
+                    && joiner.drain_commands().iter().any(|c| c.kind == CommandKind::Snapshot)
+                {
+                    break;
+                }
+                joiner.pong();
+            }
             let _ = gets.record(t.elapsed().as_micros() as u64);
+            if last_pong.elapsed() > PONG_EVERY {
+                joiner.pong();
+                last_pong = Instant::now();
+            }
         }
         report.join_s = Some(started.elapsed().as_secs_f64());
         report.join_get_p99_us = Some(gets.value_at_quantile(0.99) as f64);
@@ -682,7 +733,7 @@ fn run(args: &Args) -> Result<Report, String> {
                     break;
                 }
                 if let Ok(c) = SimClient::connect(&ctx, &a, &format!("c{i}-{run_id}"))
-                    && c.login(&a, false).is_ok()
+                    && c.login_within(&a, false, CHURN_LOGIN_TIMEOUT).is_ok()
                 {
                     churned.fetch_add(1, Ordering::Relaxed);
                     thread::sleep(Duration::from_millis(5));
@@ -745,10 +796,6 @@ fn run(args: &Args) -> Result<Report, String> {
         thread::sleep(Duration::from_millis(20));
     }
     let all = poller.join().map_err(|_| "the reader thread panicked")?;
-    fanout_stop.store(true, Ordering::Relaxed);
-    if let Some(f) = fanout {
-        let _ = f.join();
-    }
     if let Some(h) = churn_handle {
         let _ = h.join();
     }
@@ -782,6 +829,13 @@ fn run(args: &Args) -> Result<Report, String> {
 
 fn main() {
     let args = Args::parse();
+    if let Some(kind) = args.serve_trivial {
+        if let Err(e) = serve_trivial(kind, &args.host, args.port, args.payload) {
+            eprintln!("replication-loadgen: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     match run(&args) {
         Ok(r) => {
             if args.json {

@@ -103,6 +103,20 @@ pub struct Replay {
     pub dropped_tail: Option<String>,
 }
 
+/// Makes the journal closed by a rotation durable; a snapshot writer calls
+/// it first, off the server thread.
+pub fn sync_closed(path: &Path) -> Result<(), StoreError> {
+    match File::open(path) {
+        Ok(f) => f.sync_all().map_err(io_err(path, "fsync the closed journal")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Io {
+            what: "open the closed journal",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
 /// The generation of a journal from its header alone: checking whether a
 /// snapshot covers a journal must not read the whole journal (after an
 /// upload it is as large as the session).
@@ -306,7 +320,10 @@ impl JournalWriter {
                 .and_then(|_| p.sync_all())
                 .map_err(io_err(prev, "extend the previous journal"))?;
         } else {
-            self.file.sync_all().map_err(io_err(&self.path, "fsync the journal"))?;
+            // No fsync here: rotation runs on the server thread, and after
+            // an upload the journal is as large as the session. The
+            // snapshot writer syncs the closed journal before anything
+            // else (see `sync_closed`).
             fs::rename(&self.path, prev).map_err(io_err(prev, "rotate the journal"))?;
             self.file = OpenOptions::new()
                 .create(true)

@@ -110,6 +110,7 @@ struct ImageRef<'a> {
 
 fn save(dir: &DataDir, max_backups: usize, job: SaveJob) -> Result<Saved, StoreError> {
     let started = Instant::now();
+    journal::sync_closed(&dir.prev_journal())?;
     let at = super::now_epoch();
     let view = &job.view;
     // Only patched nodes need encoding; the others are shared bytes.
