@@ -199,7 +199,7 @@ def main():
         "|---|---|---|---|---|---|",
     ]
     for name, py, ours, ratio, result, target in rows:
-        fmt = lambda v: "-" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.3f}")
+        fmt = lambda v: "-" if v is None else (f"{v:,.0f}" if v >= 100 or v == int(v) else f"{v:.3f}")
         lines.append(f"| {name} | {fmt(py)} | {fmt(ours)} | {('%.1fx' % ratio) if ratio else '-'} | "
                      f"{fmt(result['ceiling'])} | {target} |")
     lines.append("")

@@ -21,6 +21,8 @@ use replication_server::wire::{self, Command, CommandKind, NodeFrames};
 const DEFAULT_PAYLOAD: usize = 2_048;
 /// Updates per second of the rate-based scenarios.
 const DEFAULT_RATE: u64 = 1_000;
+/// How long a send may wait for room in a server's queue.
+const SEND_TIMEOUT_MS: i32 = 5_000;
 /// How long a joining client waits for one node.
 const GET_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a login may take before the run fails.
@@ -163,6 +165,8 @@ impl SimClient {
             s.set_linger(0).map_err(|e| e.to_string())?;
             s.set_rcvhwm(0).map_err(|e| e.to_string())?;
             s.set_sndhwm(WRITER_HWM).map_err(|e| e.to_string())?;
+            // A server that stopped reading fails the run instead of hanging it.
+            s.set_sndtimeo(SEND_TIMEOUT_MS).map_err(|e| e.to_string())?;
             s.connect(&format!("tcp://{}:{port}", args.host))
                 .map_err(|e| e.to_string())?;
             Ok(s)
