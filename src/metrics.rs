@@ -24,20 +24,6 @@ pub const LATENCY_BUCKETS_S: [f64; 14] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
 
-const CHANNELS: [(Channel, &str); 3] = [
-    (Channel::Command, "command"),
-    (Channel::Data, "data"),
-    (Channel::Heartbeat, "heartbeat"),
-];
-
-fn channel_index(channel: Channel) -> usize {
-    match channel {
-        Channel::Command => 0,
-        Channel::Data => 1,
-        Channel::Heartbeat => 2,
-    }
-}
-
 /// The slot of a message: its pickled type number read without a full
 /// decode (the clients' `pickle.dumps(n, protocol=4)` of a small int is
 /// always `\x80\x04K<n>.`), or the heartbeat word.
@@ -97,19 +83,19 @@ pub struct NetMetrics {
 
 impl NetMetrics {
     pub fn received(&self, channel: Channel, slot: usize, bytes: usize) {
-        let t = &self.received[channel_index(channel)];
+        let t = &self.received[channel.index()];
         t.messages[slot].fetch_add(1, Ordering::Relaxed);
         t.bytes[slot].fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub fn sent(&self, channel: Channel, slot: usize, bytes: usize) {
-        let t = &self.sent[channel_index(channel)];
+        let t = &self.sent[channel.index()];
         t.messages[slot].fetch_add(1, Ordering::Relaxed);
         t.bytes[slot].fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub fn dropped(&self, channel: Channel, why: DropReason) {
-        self.dropped[why as usize][channel_index(channel)].fetch_add(1, Ordering::Relaxed);
+        self.dropped[why as usize][channel.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn heartbeat_timeout(&self) {
@@ -264,8 +250,9 @@ impl Out {
 
 fn traffic(out: &mut Out, name: &str, help: &str, traffic: &[Traffic; 3], bytes: bool) {
     out.family(name, "counter", help);
-    for (channel, label) in CHANNELS {
-        let t = &traffic[channel_index(channel)];
+    for channel in Channel::ALL {
+        let label = channel.name();
+        let t = &traffic[channel.index()];
         let counters = if bytes { &t.bytes } else { &t.messages };
         for (slot, c) in counters.iter().enumerate() {
             let v = c.load(Ordering::Relaxed);
@@ -348,8 +335,9 @@ pub fn render(net: &NetMetrics, g: &Gauges) -> String {
         (DropReason::Malformed, "malformed"),
         (DropReason::QueueFull, "queue_full"),
     ] {
-        for (channel, label) in CHANNELS {
-            let v = net.dropped[reason as usize][channel_index(channel)].load(Ordering::Relaxed);
+        for channel in Channel::ALL {
+            let label = channel.name();
+            let v = net.dropped[reason as usize][channel.index()].load(Ordering::Relaxed);
             out.sample("messages_dropped_total", &[("channel", label), ("reason", name)], v);
         }
     }

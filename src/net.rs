@@ -81,16 +81,6 @@ pub struct Ready {
     pub control: bool,
 }
 
-pub const CHANNELS: [Channel; 3] = [Channel::Command, Channel::Data, Channel::Heartbeat];
-
-fn index(channel: Channel) -> usize {
-    match channel {
-        Channel::Command => 0,
-        Channel::Data => 1,
-        Channel::Heartbeat => 2,
-    }
-}
-
 pub struct NetConfig {
     pub bind_address: String,
     pub port: u16,
@@ -211,11 +201,11 @@ impl Net {
     /// Reads one message from `channel` and checks it: strangers (peers
     /// `is_client` does not know) may only ask for info and log in.
     pub fn recv(&mut self, channel: Channel, is_client: impl Fn(&PeerId) -> bool) -> Recv {
-        let parts = match self.sockets[index(channel)].recv_multipart(zmq::DONTWAIT) {
+        let parts = match self.sockets[channel.index()].recv_multipart(zmq::DONTWAIT) {
             Ok(parts) => parts,
             Err(zmq::Error::EAGAIN) => return Recv::Nothing,
             Err(e) => {
-                warn!(port = name(channel), error = %e, "receive failed");
+                warn!(port = channel.name(), error = %e, "receive failed");
                 return Recv::Nothing;
             }
         };
@@ -295,7 +285,7 @@ impl Net {
             &mut self.stranger_log
         };
         if log.allow() {
-            warn!(port = name(channel), peer = %peer_name(peer), reason, "dropped a message");
+            warn!(port = channel.name(), peer = %peer_name(peer), reason, "dropped a message");
         }
         Recv::Skipped
     }
@@ -303,7 +293,7 @@ impl Net {
     /// Sends without waiting: a peer whose queue is full loses the message
     /// (logged once until it catches up), as libzmq's high-water mark wants.
     pub fn send(&mut self, channel: Channel, to: &PeerId, frames: &[Bytes]) {
-        let i = index(channel);
+        let i = channel.index();
         let socket = &self.sockets[i];
         let mut result = socket.send(&to[..], zmq::SNDMORE | zmq::DONTWAIT);
         if result.is_ok() {
@@ -328,16 +318,16 @@ impl Net {
                 self.metrics.dropped(channel, DropReason::QueueFull);
                 if self.stalled[i].insert(to.clone()) {
                     warn!(
-                        port = name(channel),
+                        port = channel.name(),
                         peer = %peer_name(to),
                         "a client is not reading: its queue is full, messages to it are dropped until it catches up"
                     );
                 }
             }
             Err(zmq::Error::EHOSTUNREACH) => {
-                debug!(port = name(channel), peer = %peer_name(to), "message for a peer that is not connected, dropped");
+                debug!(port = channel.name(), peer = %peer_name(to), "message for a peer that is not connected, dropped");
             }
-            Err(e) => warn!(port = name(channel), peer = %peer_name(to), error = %e, "send failed"),
+            Err(e) => warn!(port = channel.name(), peer = %peer_name(to), error = %e, "send failed"),
         }
     }
 
@@ -346,14 +336,6 @@ impl Net {
         for s in &mut self.stalled {
             s.remove(peer);
         }
-    }
-}
-
-fn name(channel: Channel) -> &'static str {
-    match channel {
-        Channel::Command => "command",
-        Channel::Data => "data",
-        Channel::Heartbeat => "heartbeat",
     }
 }
 

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::control::{self, Control, ControlReceiver};
 use crate::heartbeat::{self, HeartbeatMonitor};
 use crate::metrics::{Gauges, Histogram, NetMetrics};
-use crate::net::{self, CHANNELS, Net, NetConfig, NetError, Received, Recv};
+use crate::net::{self, Net, NetConfig, NetError, Received, Recv};
 use crate::saver::Saver;
 use crate::session::{Channel, Outgoing, STATUS_ACTIVE, ServerState, SessionConfig, SessionState};
 use crate::shutdown;
@@ -146,8 +146,8 @@ impl Core {
                     }
                 }
             }
-            for (i, channel) in CHANNELS.into_iter().enumerate() {
-                if ready.sockets[i] {
+            for channel in Channel::ALL {
+                if ready.sockets[channel.index()] {
                     self.read(channel);
                     self.flush();
                 }

@@ -57,6 +57,29 @@ pub enum Channel {
     Heartbeat,
 }
 
+impl Channel {
+    /// The three ports in port order (PORT, PORT+1, PORT+2).
+    pub const ALL: [Channel; 3] = [Channel::Command, Channel::Data, Channel::Heartbeat];
+
+    /// Position in `ALL`, for per-port arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Channel::Command => 0,
+            Channel::Data => 1,
+            Channel::Heartbeat => 2,
+        }
+    }
+
+    /// The port's name in logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Command => "command",
+            Channel::Data => "data",
+            Channel::Heartbeat => "heartbeat",
+        }
+    }
+}
+
 /// What the session asks the socket side to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
