@@ -1,11 +1,11 @@
 //! Counters behind `/metrics`, and their Prometheus text rendering.
 //!
-//! The socket threads count traffic in atomics (they cannot ask the session
-//! for anything without slowing the relay); the session task keeps its own
-//! counters in plain fields and hands a copy over when asked.
+//! Traffic is counted in atomics as it passes the sockets, so `/metrics`
+//! reads it without a round trip through the server loop; the session's
+//! own counters are plain fields, copied out when an admin asks.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::session::Channel;
 
@@ -70,15 +70,15 @@ pub enum DropReason {
     QueueFull,
 }
 
-/// Counted by the socket threads.
+/// Counted where messages pass the sockets.
 #[derive(Debug, Default)]
 pub struct NetMetrics {
     received: [Traffic; 3],
     sent: [Traffic; 3],
     dropped: [[AtomicU64; 3]; 3],
     heartbeat_timeouts: AtomicU64,
-    /// Socket threads that stopped; any means the server is unhealthy.
-    threads_down: AtomicU64,
+    /// Set when polling the sockets failed: the server stops serving.
+    sockets_failed: AtomicBool,
 }
 
 impl NetMetrics {
@@ -102,12 +102,12 @@ impl NetMetrics {
         self.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn thread_down(&self) {
-        self.threads_down.fetch_add(1, Ordering::Relaxed);
+    pub fn sockets_failed(&self) {
+        self.sockets_failed.store(true, Ordering::Relaxed);
     }
 
     pub fn sockets_up(&self) -> bool {
-        self.threads_down.load(Ordering::Relaxed) == 0
+        !self.sockets_failed.load(Ordering::Relaxed)
     }
 }
 
@@ -210,7 +210,7 @@ pub struct SaveStats {
     pub journal_failing: bool,
 }
 
-/// Everything `/metrics` shows that the session task owns.
+/// Everything `/metrics` shows that the server loop owns.
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
     pub users: usize,

@@ -57,6 +57,8 @@ pub enum Received {
         update: Box<Update>,
         /// The frames as received, relayed byte for byte.
         frames: Arc<Vec<Bytes>>,
+        /// When it was read, before decoding, for the relay latency.
+        received_at: Instant,
     },
     Heartbeat {
         peer: PeerId,
@@ -85,7 +87,6 @@ pub struct NetConfig {
     pub bind_address: String,
     pub port: u16,
     pub max_message_size: i64,
-    pub timeout_ms: u64,
 }
 
 fn router(ctx: &zmq::Context, cfg: &NetConfig, name: &'static str, port: u16) -> Result<zmq::Socket, NetError> {
@@ -209,6 +210,7 @@ impl Net {
                 return Recv::Nothing;
             }
         };
+        let received_at = Instant::now();
         let mut parts = parts.into_iter().map(Bytes::from);
         let Some(peer) = parts.next() else {
             return Recv::Skipped;
@@ -267,6 +269,7 @@ impl Net {
                         peer,
                         update: Box::new(update),
                         frames: Arc::new(frames),
+                        received_at,
                     }),
                     Err(e) => {
                         let reason = format!("malformed update: {e}");
@@ -344,9 +347,4 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// When a message arrived, for the relay latency.
-pub fn now() -> Instant {
-    Instant::now()
 }

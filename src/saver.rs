@@ -31,7 +31,6 @@ pub struct Saver {
     /// Admins waiting for the pending save; it is forced.
     pending_waiters: Vec<SaveWaiter>,
     saved_changes: u64,
-    journal_failing: bool,
     prev_journal: std::path::PathBuf,
     snapshot: std::path::PathBuf,
     stats: SaveStats,
@@ -58,7 +57,6 @@ impl Saver {
             pending: None,
             pending_waiters: Vec::new(),
             saved_changes,
-            journal_failing: false,
             prev_journal: dir.prev_journal(),
             snapshot: dir.snapshot(),
             stats: SaveStats::default(),
@@ -82,13 +80,13 @@ impl Saver {
             .try_for_each(|e| self.journal.append(e))
             .and_then(|_| self.journal.commit());
         match result {
-            Ok(()) if self.journal_failing => {
-                self.journal_failing = false;
+            Ok(()) if self.stats.journal_failing => {
+                self.stats.journal_failing = false;
                 info!("journal writes work again");
             }
             Ok(()) => {}
-            Err(e) if !self.journal_failing => {
-                self.journal_failing = true;
+            Err(e) if !self.stats.journal_failing => {
+                self.stats.journal_failing = true;
                 error!("Failed to append to the journal: {e}; changes stay in memory until the next successful save");
             }
             Err(_) => {}
@@ -98,7 +96,6 @@ impl Saver {
     pub fn stats(&self) -> SaveStats {
         SaveStats {
             journal_bytes: self.journal.bytes(),
-            journal_failing: self.journal_failing,
             ..self.stats.clone()
         }
     }

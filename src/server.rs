@@ -16,7 +16,9 @@ use crate::heartbeat::{self, HeartbeatMonitor};
 use crate::metrics::{Gauges, Histogram, NetMetrics};
 use crate::net::{self, Net, NetConfig, NetError, Received, Recv};
 use crate::saver::Saver;
-use crate::session::{Channel, Outgoing, STATUS_ACTIVE, ServerState, SessionConfig, SessionState};
+use crate::session::{
+    Channel, HeartbeatEvent, Outgoing, STATUS_ACTIVE, ServerState, SessionConfig, SessionState, peer_name,
+};
 use crate::shutdown;
 use crate::store::writer;
 use crate::store::{DataDir, JournalWriter, StoreError};
@@ -51,35 +53,6 @@ fn state_name(state: ServerState) -> &'static str {
     }
 }
 
-impl Core {
-    fn status(&self) -> Status {
-        let (session, saver) = (&self.session, &self.saver);
-        let users = session
-            .clients()
-            .map(|(_, c)| UserInfo {
-                name: c.username.clone(),
-                admin: c.admin,
-                latency_ms: c.latency,
-                status: if c.status == STATUS_ACTIVE { "active" } else { "lobby" }.to_string(),
-            })
-            .collect();
-        Status {
-            state: state_name(session.state()),
-            users,
-            gauges: Gauges {
-                users: session.client_count(),
-                nodes: session.graph().len(),
-                bytes_held: session.graph().bytes_held(),
-                active: session.state() == ServerState::Active,
-                session: session.stats.clone(),
-                relay_latency: self.relay_latency.clone(),
-                snapshot_requests: self.snapshot_requests.clone(),
-                save: saver.stats(),
-            },
-        }
-    }
-}
-
 /// The loop's state: everything the one server thread owns.
 struct Core {
     session: SessionState,
@@ -103,7 +76,6 @@ impl Core {
         // Whatever stopped the loop, the session is saved.
         self.flush();
         drop(self.net);
-        self.saver.journal(&mut self.session);
         self.saver.request(&mut self.session, "shutdown", false);
         let deadline = Instant::now() + FINAL_SAVE_TIMEOUT;
         while self.saver.busy() {
@@ -129,7 +101,7 @@ impl Core {
                 Ok(r) => r,
                 Err(e) => {
                     error!("polling the sockets failed: {e}; stopping");
-                    self.metrics.thread_down();
+                    self.metrics.sockets_failed();
                     return Err(ServerError::Poll(e));
                 }
             };
@@ -173,18 +145,20 @@ impl Core {
                 Recv::Nothing => break,
                 Recv::Skipped => {}
                 Recv::Message(Received::Command { peer, command }) => {
-                    if command.kind == CommandKind::Snapshot {
-                        let started = Instant::now();
-                        self.session.handle_command(peer, command);
+                    let (kind, started) = (command.kind, Instant::now());
+                    self.session.handle_command(peer, command);
+                    if kind == CommandKind::Snapshot {
                         self.snapshot_requests.observe(started.elapsed().as_secs_f64());
-                    } else {
-                        self.session.handle_command(peer, command);
                     }
                 }
-                Recv::Message(Received::Update { peer, update, frames }) => {
-                    let at = net::now();
+                Recv::Message(Received::Update {
+                    peer,
+                    update,
+                    frames,
+                    received_at,
+                }) => {
                     self.session.handle_update(peer, *update, frames);
-                    self.received.push(at);
+                    self.received.push(received_at);
                 }
                 Recv::Message(Received::Heartbeat { peer, frame }) => {
                     if self.monitor.on_frame(&peer, &frame, net::now_ms()) {
@@ -204,13 +178,11 @@ impl Core {
         }
         if let Some(tick) = self.monitor.tick(now) {
             for peer in tick.lost {
-                info!(peer = %crate::session::peer_name(&peer), "heartbeat lost");
+                info!(peer = %peer_name(&peer), "heartbeat lost");
                 self.metrics.heartbeat_timeout();
-                self.session
-                    .handle_heartbeat(crate::session::HeartbeatEvent::Lost(peer));
+                self.session.handle_heartbeat(HeartbeatEvent::Lost(peer));
             }
-            self.session
-                .handle_heartbeat(crate::session::HeartbeatEvent::Latencies(tick.latencies));
+            self.session.handle_heartbeat(HeartbeatEvent::Latencies(tick.latencies));
         }
         if Instant::now() >= self.next_autosave {
             self.next_autosave = Instant::now() + self.save_period;
@@ -237,6 +209,34 @@ impl Core {
         }
         for reason in self.session.drain_save_requests() {
             self.saver.request(&mut self.session, &reason, false);
+        }
+    }
+
+    /// What the admin endpoint and the shell report.
+    fn status(&self) -> Status {
+        let (session, saver) = (&self.session, &self.saver);
+        let users = session
+            .clients()
+            .map(|(_, c)| UserInfo {
+                name: c.username.clone(),
+                admin: c.admin,
+                latency_ms: c.latency,
+                status: if c.status == STATUS_ACTIVE { "active" } else { "lobby" }.to_string(),
+            })
+            .collect();
+        Status {
+            state: state_name(session.state()),
+            users,
+            gauges: Gauges {
+                users: session.client_count(),
+                nodes: session.graph().len(),
+                bytes_held: session.graph().bytes_held(),
+                active: session.state() == ServerState::Active,
+                session: session.stats.clone(),
+                relay_latency: self.relay_latency.clone(),
+                snapshot_requests: self.snapshot_requests.clone(),
+                save: saver.stats(),
+            },
         }
     }
 
@@ -303,7 +303,6 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             bind_address: config.bind_address.clone(),
             port: config.port,
             max_message_size: config.max_message_size,
-            timeout_ms: config.timeout_ms,
         },
         metrics.clone(),
     )?;

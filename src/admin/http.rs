@@ -1,5 +1,5 @@
 //! The admin HTTP endpoint. Handlers only translate: every answer comes
-//! from the session task through `AdminRequest`.
+//! from the server loop through `AdminRequest`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -136,7 +136,7 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Sends a request to the session task and waits for its answer.
+/// Sends a request to the server loop and waits for its answer.
 async fn ask<T>(state: &AdminState, make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
     let gone = || error(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping");

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::metrics::Gauges;
 use crate::store::writer::SessionView;
 
-/// A question for the session task; the answer comes back on the sender.
+/// A question for the server loop; the answer comes back on the sender.
 #[derive(Debug)]
 pub enum AdminRequest {
     Status(oneshot::Sender<Status>),
@@ -36,7 +36,7 @@ pub struct UserInfo {
     pub status: String,
 }
 
-/// The session as the session task sees it at one moment.
+/// The session as the server loop sees it at one moment.
 #[derive(Debug, Clone)]
 pub struct Status {
     pub state: &'static str,
@@ -132,7 +132,7 @@ pub fn health_text(h: &Health) -> String {
         out.push_str("\nthe journal cannot be written");
     }
     if !h.sockets_up {
-        out.push_str("\na ZeroMQ socket thread stopped");
+        out.push_str("\nthe ZeroMQ sockets failed");
     }
     out
 }

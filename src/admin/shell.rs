@@ -46,7 +46,12 @@ fn answer(requests: &ControlSender, line: &str) -> Option<String> {
         (Some("kick"), None) => "usage: kick <user>".into(),
         (Some("kick"), Some(_)) => {
             // Names may hold spaces: everything after the command.
-            let user = line.trim_start().trim_start_matches("kick").trim().to_string();
+            let user = line
+                .trim_start()
+                .strip_prefix("kick")
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             match ask(requests, |reply| AdminRequest::Kick {
                 user: user.clone(),
                 reply,

@@ -1,8 +1,8 @@
 //! The session: the one owner of the repository graph and the client table.
 //!
 //! Handlers are plain functions of the state and a decoded message; they
-//! queue what must go out in `SessionState::out`, which the session task
-//! hands to the socket threads. Nothing here touches a socket, so every
+//! queue what must go out in `SessionState::out`, which the server loop
+//! sends. Nothing here touches a socket, so every
 //! handler is unit-tested directly.
 
 mod auth;

@@ -88,6 +88,16 @@ fn node_frames(uuid: &str, owner: &str, data: &Value) -> Vec<Bytes> {
 }
 
 /// ServerSnapshot INIT announcing `nodes`.
+/// `sender` asks that `uuids` belong to `owner`.
+fn right_cmd(sender: &str, uuids: &[&str], owner: &str) -> Command {
+    let uuids = Value::List(uuids.iter().map(|u| Value::str(u)).collect());
+    cmd(
+        CommandKind::Right,
+        sender,
+        dict([("uuid", uuids), ("owner", Value::str(owner))]),
+    )
+}
+
 fn init_cmd(nodes: &[&str]) -> Command {
     let data = dict([
         ("STATE", Value::str("INIT")),
@@ -483,11 +493,7 @@ fn delete_and_right_reach_everyone_and_change_the_graph() {
     s.graph.put_node(dep_frames);
     login(&mut s, 2, "bob", false);
     s.drain_out();
-    let right = dict([
-        ("uuid", Value::List(vec![Value::str("n2"), Value::str("ghost")])),
-        ("owner", Value::str("bob")),
-    ]);
-    s.handle_command(peer(2), cmd(CommandKind::Right, "bob", right));
+    s.handle_command(peer(2), right_cmd("bob", &["n2", "ghost"], "bob"));
     assert_eq!(s.graph().get("n2").unwrap().owner, "bob");
     s.handle_command(peer(2), cmd(CommandKind::Delete, "client", Value::str("n1")));
     let out = s.drain_out();
@@ -508,17 +514,7 @@ fn only_admins_kick_and_kicked_users_lose_their_locks() {
     init_session(&mut s, 1, &[("n1", Value::Int(1))]);
     login(&mut s, 2, "bob", false);
     login(&mut s, 3, "carol", false);
-    s.handle_command(
-        peer(2),
-        cmd(
-            CommandKind::Right,
-            "bob",
-            dict([
-                ("uuid", Value::List(vec![Value::str("n1")])),
-                ("owner", Value::str("bob")),
-            ]),
-        ),
-    );
+    s.handle_command(peer(2), right_cmd("bob", &["n1"], "bob"));
     s.drain_out();
     s.handle_command(
         peer(3),
@@ -645,17 +641,7 @@ fn saved_session_restores_active_with_nodes_common_and_retained_metadata() {
             dict([("tasks", tasks.clone()), ("frame_current", Value::Int(9))]),
         ),
     );
-    s.handle_command(
-        peer(2),
-        cmd(
-            CommandKind::Right,
-            "bob",
-            dict([
-                ("uuid", Value::List(vec![Value::str("n2")])),
-                ("owner", Value::str("bob")),
-            ]),
-        ),
-    );
+    s.handle_command(peer(2), right_cmd("bob", &["n2"], "bob"));
     let move_it = dict([(
         "values_changed",
         dict([("root['v']", dict([("new_value", Value::Int(5))]))]),

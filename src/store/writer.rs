@@ -13,7 +13,7 @@ use super::{DataDir, METADATA_FORMAT_VERSION, SessionMetadata, StoreError, journ
 use crate::pickle::{self, Value};
 
 /// A node's data as the session hands it over: the bytes when it has them,
-/// else the patched value, encoded here rather than on the session task.
+/// else the patched value, encoded here rather than on the server loop.
 #[derive(Debug, Clone)]
 pub enum NodeData {
     Raw(Bytes),
