@@ -133,7 +133,8 @@ def measure(kind, args):
     if kind == "ceiling":
         # No server: the loadgen's own trivial fan-out, same arguments.
         scenario = args[args.index("--scenario") + 1]
-        rest = [a for i, a in enumerate(args) if a != "--scenario" and (i == 0 or args[i - 1] != "--scenario")]
+        at = args.index("--scenario")
+        rest = args[:at] + args[at + 2:]
         # A join is round trips: its floor is a trivial echo; relays: a trivial fan-out.
         trivial = "echo-ceiling" if scenario == "join" else "ceiling"
         assert scenario in ("saturate", "rate", "join")

@@ -228,7 +228,10 @@ impl Net {
         match channel {
             Channel::Heartbeat => match <[Bytes; 1]>::try_from(frames) {
                 Ok([frame]) => Recv::Message(Received::Heartbeat { peer, frame }),
-                Err(_) => Recv::Skipped,
+                Err(frames) => {
+                    let reason = format!("heartbeat of {} frames (one expected)", frames.len());
+                    self.skip(channel, &peer, client, DropReason::Malformed, &reason)
+                }
             },
             Channel::Command => {
                 if !client {

@@ -127,6 +127,8 @@ def test_metrics_parse_and_follow_the_traffic(server, clients):
     refused.pump(lambda: refused.state == STATE_INITIAL, 3)
     stranger = raw_dealer(server.port)
     stranger.send_multipart([b"junk"])  # from a peer that never logged in
+    heartbeat = raw_dealer(server.port + 2)
+    heartbeat.send_multipart([b"INIT", b"extra"])  # a heartbeat is one frame
     time.sleep(0.3)
     after = scrape(server)
 
@@ -142,10 +144,13 @@ def test_metrics_parse_and_follow_the_traffic(server, clients):
         after, "replication_relay_latency_seconds_count")
     assert moved("replication_auth_refusals_total", reason="wrong_admin_password") == 1
     assert moved("replication_messages_dropped_total", channel="command", reason="unauthenticated") == 1
+    assert moved("replication_messages_dropped_total", channel="heartbeat", reason="malformed") == 1
+    assert "heartbeat of 2 frames (one expected)" in server.logs()
     assert sample(after, "replication_commits_rejected_total", reason="bad_delta") == 0
     assert sample(after, "replication_up") == 1
     assert sample(after, "replication_journal_bytes") > 0
     stranger.close()
+    heartbeat.close()
 
 
 def block_snapshot_writes(server):
