@@ -121,19 +121,25 @@ fn save(config: &Config) -> Result<String, Failure> {
     Ok(admin::save_text(&report))
 }
 
-fn status(config: &Config, json: bool) -> Result<String, Failure> {
-    let addr = admin_target(config)?;
-    // 503 still carries the health report: show it, then fail.
-    let (code, answer) = client::call_json(addr, "GET", "/health", &config.admin_password, client::QUICK_TIMEOUT)?;
-    if code != 200 && code != 503 {
-        return Err(client::refusal(code, &answer).into());
+/// `GET /health`: whether the server calls itself healthy, and its report
+/// (a 503 still carries one).
+fn fetch_health(config: &Config, addr: std::net::SocketAddr) -> Result<(bool, serde_json::Value), ClientError> {
+    let (code, json) = client::call_json(addr, "GET", "/health", &config.admin_password, client::QUICK_TIMEOUT)?;
+    match code {
+        200 => Ok((true, json)),
+        503 => Ok((false, json)),
+        _ => Err(client::refusal(code, &json)),
     }
+}
+
+fn status(config: &Config, json: bool) -> Result<String, Failure> {
+    let (healthy, answer) = fetch_health(config, admin_target(config)?)?;
     let text = if json {
         answer.to_string()
     } else {
         admin::health_text(&parse::<admin::Health>(answer)?)
     };
-    if code == 200 { Ok(text) } else { Err(Failure(text, 1)) }
+    if healthy { Ok(text) } else { Err(Failure(text, 1)) }
 }
 
 /// The protocol answers; on this machine, the admin endpoint (when there
@@ -149,14 +155,12 @@ fn health_check(config: &Config, host: &str) -> Result<String, String> {
     );
     let local = matches!(host, "127.0.0.1" | "localhost" | "::1");
     if let (true, Some(addr)) = (local, config.admin_target()) {
-        match client::call_json(addr, "GET", "/health", &config.admin_password, client::QUICK_TIMEOUT) {
-            Ok((200, _)) => msg.push_str(", saves working"),
-            Ok((503, json)) => {
+        match fetch_health(config, addr).map_err(|e| e.to_string())? {
+            (true, _) => msg.push_str(", saves working"),
+            (false, json) => {
                 let h: admin::Health = serde_json::from_value(json).map_err(|e| e.to_string())?;
                 return Err(admin::health_text(&h));
             }
-            Ok((code, json)) => return Err(client::refusal(code, &json).to_string()),
-            Err(e) => return Err(e.to_string()),
         }
     }
     Ok(msg)

@@ -617,28 +617,26 @@ fn run(args: &Args) -> Result<Report, String> {
         None
     };
     let admin = SimClient::connect(&ctx, &target, &format!("w{run_id}"))?;
-    let answer = if ceiling {
-        "LOBBY".to_string()
-    } else {
-        admin.login(&target, true)?
-    };
-    if answer.starts_with("FAILED") {
-        return Err(format!("writer login: {answer}"));
-    }
-    let (init_count, init_payload) = if args.scenario == Scenario::Join {
-        (args.nodes, payload.clone())
-    } else {
-        (
-            args.init_nodes.max(1),
-            (0..args.init_bytes).map(|i| (i * 13) as u8).collect(),
-        )
-    };
     let uuids = if ceiling {
+        // The trivial fan-out has no login and no session.
         vec![format!("{:08x}-0000-4000-8000-000000000000", run_id)]
-    } else if answer == "LOBBY" {
-        init_session(&admin, init_count, &init_payload)?
     } else {
-        return Err("the server is already initialised: start it with an empty data folder".into());
+        let answer = admin.login(&target, true)?;
+        if answer.starts_with("FAILED") {
+            return Err(format!("writer login: {answer}"));
+        }
+        if answer != "LOBBY" {
+            return Err("the server is already initialised: start it with an empty data folder".into());
+        }
+        let (init_count, init_payload) = if args.scenario == Scenario::Join {
+            (args.nodes, payload.clone())
+        } else {
+            (
+                args.init_nodes.max(1),
+                (0..args.init_bytes).map(|i| (i * 13) as u8).collect(),
+            )
+        };
+        init_session(&admin, init_count, &init_payload)?
     };
     if args.scenario == Scenario::Join {
         let joiner = SimClient::connect(&ctx, &target, &format!("j{run_id}"))?;
@@ -704,14 +702,13 @@ fn run(args: &Args) -> Result<Report, String> {
     let mut clients = Vec::new();
     for r in 0..readers {
         let client = SimClient::connect(&ctx, &target, &format!("r{r}-{run_id}"))?;
-        let answer = if ceiling {
+        if ceiling {
             send(&client.data, &[Bytes::from_static(FANOUT_HELLO)]).map_err(|e| e.to_string())?;
-            "RUNNING".to_string()
         } else {
-            client.login(&target, false)?
-        };
-        if answer.starts_with("FAILED") {
-            return Err(format!("reader login: {answer}"));
+            let answer = client.login(&target, false)?;
+            if answer.starts_with("FAILED") {
+                return Err(format!("reader login: {answer}"));
+            }
         }
         clients.push(client);
     }
