@@ -67,6 +67,8 @@ struct Core {
     received: Vec<Instant>,
     save_period: Duration,
     next_autosave: Instant,
+    /// The heartbeat frame, built once.
+    ping: Arc<Vec<Bytes>>,
 }
 
 impl Core {
@@ -162,8 +164,7 @@ impl Core {
                 }
                 Recv::Message(Received::Heartbeat { peer, frame }) => {
                     if self.monitor.on_frame(&peer, &frame, net::now_ms()) {
-                        self.net
-                            .send(Channel::Heartbeat, &peer, &[Bytes::from_static(heartbeat::PING)]);
+                        self.net.send(Channel::Heartbeat, &peer, &self.ping);
                     }
                 }
             }
@@ -173,8 +174,7 @@ impl Core {
     fn timers(&mut self) {
         let now = net::now_ms();
         for peer in self.monitor.due_pings(now) {
-            self.net
-                .send(Channel::Heartbeat, &peer, &[Bytes::from_static(heartbeat::PING)]);
+            self.net.send(Channel::Heartbeat, &peer, &self.ping);
         }
         if let Some(tick) = self.monitor.tick(now) {
             for peer in tick.lost {
@@ -204,6 +204,7 @@ impl Core {
                 }
             }
         }
+        self.net.release_shared();
         for at in self.received.drain(..) {
             self.relay_latency.observe(at.elapsed().as_secs_f64());
         }
@@ -396,6 +397,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         received: Vec::with_capacity(net::RECV_BATCH),
         save_period,
         next_autosave: Instant::now() + save_period,
+        ping: Arc::new(vec![Bytes::from_static(heartbeat::PING)]),
     };
     let server = std::thread::Builder::new()
         .name("server".into())

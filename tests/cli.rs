@@ -20,11 +20,14 @@ fn free_base_port() -> u16 {
             .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let base = 20_000 + ((seed >> 33) % 40_000) as u16;
-        let listeners: Vec<_> = (0..3)
+        // Four ports: the three of the protocol and the admin endpoint's
+        // (PORT+3). Multiples of four, so two tests' ranges never overlap;
+        // below Linux's ephemeral range, so no client connection takes one.
+        let base = 20_000 + 4 * ((seed >> 33) % 3_000) as u16;
+        let listeners: Vec<_> = (0..4)
             .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
             .collect();
-        if listeners.len() == 3 {
+        if listeners.len() == 4 {
             return base;
         }
     }

@@ -16,8 +16,9 @@ fn free_base_port(salt: u64) -> u16 {
     let mut seed = u64::from(nanos) ^ (u64::from(std::process::id()) << 16) ^ salt;
     loop {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let base = 20_000 + ((seed >> 33) % 40_000) as u16;
-        // The three ZeroMQ ports and the admin endpoint.
+        // The three ZeroMQ ports and the admin endpoint, below Linux's
+        // ephemeral range so no client connection takes one meanwhile.
+        let base = 20_000 + 4 * ((seed >> 33) % 3_000) as u16;
         if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }

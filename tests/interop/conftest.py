@@ -29,9 +29,10 @@ BIN = os.environ.get("REPLICATION_SERVER_BIN", os.path.join(ROOT, "target", "rel
 
 def free_port_base():
     """A base port with base..base+3 free on 127.0.0.1 (the three ZeroMQ
-    ports and the admin endpoint)."""
+    ports and the admin endpoint), below Linux's ephemeral range (32768 and
+    up) so that no client connection takes one meanwhile."""
     for _ in range(200):
-        base = random.randint(20000, 60000)
+        base = random.randrange(20000, 32764, 4)
         socks = []
         try:
             for p in range(base, base + 4):

@@ -17,6 +17,9 @@ use crate::metrics::{DropReason, NetMetrics, type_slot};
 use crate::session::{Channel, PeerId, peer_name};
 use crate::wire::{self, Command, CommandKind, Update};
 
+mod frames;
+use frames::Frame;
+
 /// Messages read from one socket before the loop looks at the others, so a
 /// flood on one port cannot starve the rest.
 pub const RECV_BATCH: usize = 256;
@@ -164,6 +167,9 @@ pub struct Net {
     /// problems of logged-in users.
     stranger_log: RateLimitedLog,
     client_log: RateLimitedLog,
+    /// The frames last sent and their libzmq messages, so a broadcast
+    /// (the same `Arc` to each recipient in turn) wraps its buffers once.
+    shared: Option<(Arc<Vec<Bytes>>, Vec<Frame>)>,
     _context: zmq::Context,
 }
 
@@ -180,6 +186,7 @@ impl Net {
             stalled: Default::default(),
             stranger_log: RateLimitedLog::default(),
             client_log: RateLimitedLog::default(),
+            shared: None,
             _context: ctx,
         })
     }
@@ -202,7 +209,7 @@ impl Net {
     /// Reads one message from `channel` and checks it: strangers (peers
     /// `is_client` does not know) may only ask for info and log in.
     pub fn recv(&mut self, channel: Channel, is_client: impl Fn(&PeerId) -> bool) -> Recv {
-        let parts = match self.sockets[channel.index()].recv_multipart(zmq::DONTWAIT) {
+        let parts = match recv_frames(&self.sockets[channel.index()]) {
             Ok(parts) => parts,
             Err(zmq::Error::EAGAIN) => return Recv::Nothing,
             Err(e) => {
@@ -211,7 +218,7 @@ impl Net {
             }
         };
         let received_at = Instant::now();
-        let mut parts = parts.into_iter().map(Bytes::from);
+        let mut parts = parts.into_iter();
         let Some(peer) = parts.next() else {
             return Recv::Skipped;
         };
@@ -298,20 +305,9 @@ impl Net {
 
     /// Sends without waiting: a peer whose queue is full loses the message
     /// (logged once until it catches up), as libzmq's high-water mark wants.
-    pub fn send(&mut self, channel: Channel, to: &PeerId, frames: &[Bytes]) {
+    pub fn send(&mut self, channel: Channel, to: &PeerId, frames: &Arc<Vec<Bytes>>) {
         let i = channel.index();
-        let socket = &self.sockets[i];
-        let mut result = socket.send(&to[..], zmq::SNDMORE | zmq::DONTWAIT);
-        if result.is_ok() {
-            let last = frames.len().saturating_sub(1);
-            for (n, f) in frames.iter().enumerate() {
-                let flags = if n < last { zmq::SNDMORE } else { 0 };
-                result = socket.send(&f[..], flags | zmq::DONTWAIT);
-                if result.is_err() {
-                    break;
-                }
-            }
-        }
+        let result = self.enqueue(i, to, frames);
         match result {
             Ok(()) => {
                 let slot = frames.first().map(|f| type_slot(channel, f)).unwrap_or(0);
@@ -337,10 +333,54 @@ impl Net {
         }
     }
 
+    /// Queues `frames` for `to` on socket `i`, sharing their buffers with
+    /// the previous send's when it was the same message.
+    fn enqueue(&mut self, i: usize, to: &PeerId, frames: &Arc<Vec<Bytes>>) -> Result<(), zmq::Error> {
+        if !matches!(&self.shared, Some((last, _)) if Arc::ptr_eq(last, frames)) {
+            self.shared = None;
+            let wrapped = frames.iter().map(Frame::share).collect::<Result<Vec<_>, _>>()?;
+            self.shared = Some((frames.clone(), wrapped));
+        }
+        let Some((_, shared)) = &mut self.shared else {
+            return Ok(());
+        };
+        let socket = &mut self.sockets[i];
+        let flags = zmq::DONTWAIT | if shared.is_empty() { 0 } else { zmq::SNDMORE };
+        Frame::share(to)?.send(socket, flags)?;
+        // ROUTER queues a message whole once its first frame is accepted,
+        // so only the identity frame can fail with EAGAIN.
+        let last = shared.len().saturating_sub(1);
+        for (n, frame) in shared.iter_mut().enumerate() {
+            let more = if n < last { zmq::SNDMORE } else { 0 };
+            frame.copy()?.send(socket, more | zmq::DONTWAIT)?;
+        }
+        Ok(())
+    }
+
+    /// Lets go of the buffers kept for the last broadcast, so a large
+    /// update is freed once its recipients' queues have sent it.
+    pub fn release_shared(&mut self) {
+        self.shared = None;
+    }
+
     /// The peer left: forget its state.
     pub fn forget(&mut self, peer: &PeerId) {
         for s in &mut self.stalled {
             s.remove(peer);
+        }
+    }
+}
+
+/// Reads one multipart message, keeping libzmq's buffers (no copy out).
+fn recv_frames(socket: &zmq::Socket) -> Result<Vec<Bytes>, zmq::Error> {
+    let mut parts = Vec::with_capacity(4);
+    loop {
+        let mut msg = zmq::Message::new();
+        socket.recv(&mut msg, zmq::DONTWAIT)?;
+        let more = msg.get_more();
+        parts.push(frames::into_bytes(msg));
+        if !more {
+            return Ok(parts);
         }
     }
 }
