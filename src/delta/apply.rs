@@ -111,11 +111,12 @@ impl Patcher<'_> {
         Ok(cur)
     }
 
-    /// `obj[elem]` (or `getattr`) where obj is at `obj_loc`.
-    fn read(&self, obj_loc: &[Element], elem: &Element) -> PyResult<Value> {
+    /// `obj[elem]` (or `getattr`) where obj is at `obj_loc`, borrowed when
+    /// it lives in the tree: most reads only test that it exists.
+    fn peek(&self, obj_loc: &[Element], elem: &Element) -> PyResult<Cow<'_, Value>> {
         if obj_loc.is_empty() {
             return if is_root_elem(elem) {
-                Ok(self.root.clone())
+                Ok(Cow::Borrowed(&self.root))
             } else {
                 Err(PyErr::Attribute)
             };
@@ -123,8 +124,16 @@ impl Patcher<'_> {
         if elem.1 == Action::GetAttr {
             return Err(PyErr::Attribute);
         }
-        let obj = self.get(obj_loc)?;
-        pyops::get_item(&obj, &elem.0)
+        match self.get(obj_loc)? {
+            Cow::Borrowed(obj @ (Value::Dict(_) | Value::List(_) | Value::Tuple(_))) => {
+                get_ref(obj, &elem.0).map(Cow::Borrowed)
+            }
+            obj => pyops::get_item(&obj, &elem.0).map(Cow::Owned),
+        }
+    }
+
+    fn exists(&self, obj_loc: &[Element], elem: &Element) -> bool {
+        self.peek(obj_loc, elem).is_ok()
     }
 
     /// `_get_elements_and_details`.
@@ -140,7 +149,7 @@ impl Patcher<'_> {
                 self.log(format!("Unable to get the item at {path}: {e}"));
                 return None;
             }
-            if self.read(&elements[..n - 2], &elements[n - 2]).is_err() {
+            if !self.exists(&elements[..n - 2], &elements[n - 2]) {
                 self.log(format!("Unable to get the item at {path}"));
                 return None;
             }
@@ -168,26 +177,20 @@ impl Patcher<'_> {
             return false;
         }
         let result = match self.get_mut(obj_loc) {
-            Ok(obj) => {
-                let len = pyops::py_len(obj).ok();
-                match pyops::set_item(obj, &elem.0, value.clone()) {
-                    Err(PyErr::Index) => {
-                        if len.is_some_and(|l| py_eq(&elem.0, &Value::Int(l as i64))) {
-                            if let Value::List(items) = obj {
-                                items.push(value);
-                            }
-                            Ok(())
-                        } else {
-                            self.log.push(format!(
-                                "Key or index of {} is not found for {path} for setting operation.",
-                                super::repr::py_repr(&elem.0)
-                            ));
-                            return false;
-                        }
-                    }
-                    other => other,
+            // An index one past the end appends, as deepdiff's fallback does.
+            Ok(Value::List(items)) if pyops::seq_index(items.len(), &elem.0) == Err(PyErr::Index) => {
+                if py_eq(&elem.0, &Value::Int(items.len() as i64)) {
+                    items.push(value);
+                    Ok(())
+                } else {
+                    self.log.push(format!(
+                        "Key or index of {} is not found for {path} for setting operation.",
+                        super::repr::py_repr(&elem.0)
+                    ));
+                    return false;
                 }
             }
+            Ok(obj) => pyops::set_item(obj, &elem.0, value),
             Err(e) => Err(e),
         };
         match result {
@@ -244,25 +247,19 @@ impl Patcher<'_> {
     fn values_or_types(&mut self, changes: &[(String, Change)], is_type_change: bool) -> Result<(), Abort> {
         for (path, change) in changes {
             let Some(d) = self.details_for(path) else { continue };
-            let current = match self.read(d.obj_loc(), d.elem()) {
-                Ok(v) => v,
-                Err(_) => {
-                    self.log(format!("Unable to get the item at {path}"));
-                    continue;
-                }
-            };
-            let new_value = match (&change.new_value, is_type_change) {
-                (Some(v), _) => v.clone(),
-                (None, true) => match pyops::convert(&change.new_type, &current) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        self.log(format!("Unable to do the type change for {path} due to {e}"));
-                        continue;
-                    }
+            let new_value = match self.peek(d.obj_loc(), d.elem()) {
+                Err(_) => Err(format!("Unable to get the item at {path}")),
+                Ok(current) => match (&change.new_value, is_type_change) {
+                    (Some(v), _) => Ok(v.clone()),
+                    (None, true) => pyops::convert(&change.new_type, &current)
+                        .map_err(|e| format!("Unable to do the type change for {path} due to {e}")),
+                    (None, false) => return abort(format!("KeyError: 'new_value' in values_changed[{path}]")),
                 },
-                (None, false) => return abort(format!("KeyError: 'new_value' in values_changed[{path}]")),
             };
-            self.set_new_value(&d, new_value, path)?;
+            match new_value {
+                Ok(v) => self.set_new_value(&d, v, path)?,
+                Err(line) => self.log(line),
+            }
         }
         Ok(())
     }
@@ -273,10 +270,9 @@ impl Patcher<'_> {
             let Some(d) = self.details_for(path) else { continue };
             let n = d.n();
             let obj = match self.get(&d.elements) {
-                Ok(v) => v.into_owned(),
+                Ok(v) => v,
                 Err(e) => return abort(format!("{e} while reading {path}")),
             };
-            let is_tuple = matches!(obj, Value::Tuple(_));
             let mut transformed: Vec<Value> = Vec::new();
             for op in opcodes {
                 match op.tag.as_str() {
@@ -288,7 +284,7 @@ impl Patcher<'_> {
                         }
                         _ => return abort("TypeError: opcode new_values is not iterable"),
                     },
-                    "equal" => match &obj {
+                    "equal" => match &*obj {
                         Value::List(v) | Value::Tuple(v) => {
                             let len = v.len() as i64;
                             let clamp = |i: i64| -> usize {
@@ -305,7 +301,8 @@ impl Patcher<'_> {
                     _ => {}
                 }
             }
-            if is_tuple {
+            if matches!(*obj, Value::Tuple(_)) {
+                let obj = obj.into_owned();
                 // deepdiff writes the unchanged tuple over the list's parent.
                 let (parent_loc, parent_elem) = if n >= 2 {
                     (d.elements[..n - 2].to_vec(), d.elements[n - 2].clone())
@@ -323,30 +320,39 @@ impl Patcher<'_> {
         Ok(())
     }
 
-    fn sort_paths<T: Clone>(&self, items: &[(String, T)], reverse: bool) -> Result<Vec<(String, T)>, Abort> {
-        let keyed: Vec<(Vec<Value>, (String, T))> = items
+    /// The order deepdiff visits `items` in (sorted by parsed path), as
+    /// indices, with each path parsed once.
+    fn sort_paths<T>(&self, items: &[(String, T)], reverse: bool) -> Result<Vec<(usize, Vec<Element>)>, Abort> {
+        let mut parsed: Vec<Vec<Element>> = items.iter().map(|(p, _)| path::parse(p, self.dialect)).collect();
+        let keys: Vec<Vec<Value>> = parsed
             .iter()
-            .map(|(p, v)| {
-                let key = path::parse(p, self.dialect).into_iter().map(|(e, _)| e).collect();
-                (key, (p.clone(), v.clone()))
-            })
+            .map(|elements| elements.iter().map(|(e, _)| e.clone()).collect())
             .collect();
-        match py_sorted(keyed.clone(), reverse, |a, b| pyops::seq_lt(&a.0, &b.0)) {
-            Ok(sorted) => return Ok(sorted.into_iter().map(|(_, x)| x).collect()),
+        let order: Vec<usize> = (0..items.len()).collect();
+        let sorted = match py_sorted(order.clone(), reverse, |a, b| pyops::seq_lt(&keys[*a], &keys[*b])) {
+            Ok(sorted) => sorted,
             Err(e) if self.dialect == Dialect::V5 => return abort(format!("TypeError while sorting paths: {e}")),
-            Err(_) => {}
-        }
-        // deepdiff 8 retries with a comparison function that itself raises
-        // whenever the first elements of an incomparable pair share a type.
-        let sorted = py_sorted(keyed, reverse, |a, b| Ok(sort_comparison(&a.0[1..], &b.0[1..])? < 0))
-            .map_err(|_| Abort("TypeError: argument of type 'NoneType' is not iterable".into()))?;
-        Ok(sorted.into_iter().map(|(_, x)| x).collect())
+            // deepdiff 8 retries with a comparison function that itself
+            // raises whenever the first elements of an incomparable pair
+            // share a type.
+            Err(_) => py_sorted(order, reverse, |a, b| {
+                Ok(sort_comparison(&keys[*a][1..], &keys[*b][1..])? < 0)
+            })
+            .map_err(|_| Abort("TypeError: argument of type 'NoneType' is not iterable".into()))?,
+        };
+        Ok(sorted
+            .into_iter()
+            .map(|i| (i, std::mem::take(&mut parsed[i])))
+            .collect())
     }
 
     /// Steps 5 and 9: `_do_item_removed`.
     fn items_removed(&mut self, items: &[(String, Value)]) -> Result<(), Abort> {
-        for (path, expected) in self.sort_paths(items, true)? {
-            let Some(d) = self.details_for(&path) else { continue };
+        for (i, elements) in self.sort_paths(items, true)? {
+            let (path, expected) = &items[i];
+            let Some(d) = self.details(elements, path) else {
+                continue;
+            };
             let mut elem = d.elem().clone();
             match self.dialect {
                 Dialect::V8 => {
@@ -378,7 +384,7 @@ impl Patcher<'_> {
                     }
                 }
                 Dialect::V5 => {
-                    if self.read(d.obj_loc(), &elem).is_err() {
+                    if !self.exists(d.obj_loc(), &elem) {
                         self.log(format!("Unable to get the item at {path}"));
                         continue;
                     }
@@ -435,10 +441,14 @@ impl Patcher<'_> {
         let ordered = if sort {
             self.sort_paths(items, false)?
         } else {
-            items.to_vec()
+            let parse = |(i, (p, _)): (usize, &(String, Value))| (i, path::parse(p, self.dialect));
+            items.iter().enumerate().map(parse).collect()
         };
-        for (path, value) in ordered {
-            let Some(d) = self.details_for(&path) else { continue };
+        for (i, elements) in ordered {
+            let (path, value) = &items[i];
+            let Some(d) = self.details(elements, path) else {
+                continue;
+            };
             if insert {
                 let len = match self.get(d.obj_loc()).as_deref() {
                     Ok(obj) => pyops::py_len(obj).map_err(|e| Abort(format!("{e} at {path}")))?,
@@ -461,7 +471,7 @@ impl Patcher<'_> {
                     }
                 }
             }
-            self.set_new_value(&d, value, &path)?;
+            self.set_new_value(&d, value.clone(), path)?;
         }
         Ok(())
     }
@@ -563,21 +573,15 @@ impl Patcher<'_> {
                 loc.iter().map(|(e, _)| super::repr::py_repr(e)).collect::<Vec<_>>()
             );
             let Some(d) = self.details(loc, &path) else { continue };
-            let current = match self.read(d.obj_loc(), d.elem()) {
-                Ok(v) => v,
-                Err(_) => {
-                    self.log(format!("Unable to get the item at {path}"));
-                    continue;
-                }
+            let new_value = match self.peek(d.obj_loc(), d.elem()) {
+                Err(_) => Err(format!("Unable to get the item at {path}")),
+                Ok(current) => pyops::convert(&Value::Global(Global::Builtin(BuiltinType::Tuple)), &current)
+                    .map_err(|e| format!("Unable to do the type change for {path} due to {e}")),
             };
-            let new_value = match pyops::convert(&Value::Global(Global::Builtin(BuiltinType::Tuple)), &current) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.log(format!("Unable to do the type change for {path} due to {e}"));
-                    continue;
-                }
-            };
-            self.set_new_value(&d, new_value, &path)?;
+            match new_value {
+                Ok(v) => self.set_new_value(&d, v, &path)?,
+                Err(line) => self.log(line),
+            }
         }
         Ok(())
     }
@@ -707,11 +711,13 @@ pub struct Change {
     pub new_type: Value,
 }
 
-/// Applies a parsed delta to a copy of `base`. Log lines are what deepdiff
-/// would log for edits it skipped.
-pub fn apply(base: &Value, delta: &Delta, log: &mut Vec<String>) -> Result<Value, Abort> {
+/// Applies a parsed delta to `root` itself, all or nothing: when Python
+/// would abort, `root` is left as it was. Only the top-level entries the
+/// delta's paths lead into are copied beforehand, not the whole node.
+pub fn apply_in_place(root: &mut Value, delta: &Delta, log: &mut Vec<String>) -> Result<(), Abort> {
+    let backup = Backup::of(root, delta);
     let mut p = Patcher {
-        root: base.clone(),
+        root: std::mem::replace(root, Value::None),
         dialect: delta.dialect,
         post: Vec::new(),
         in_post: false,
@@ -719,16 +725,176 @@ pub fn apply(base: &Value, delta: &Delta, log: &mut Vec<String>) -> Result<Value
         post_cursor: 0,
         log,
     };
-    p.values_or_types(&delta.values_changed, false)?;
-    p.values_or_types(&delta.type_changes, true)?;
-    if p.dialect == Dialect::V8 {
-        p.opcodes(&delta.iterable_opcodes)?;
+    let result = p.run(delta);
+    *root = p.root;
+    if result.is_err() {
+        backup.restore(root);
     }
-    p.items_removed(&delta.iterable_item_removed)?;
-    p.items_added(&delta.iterable_item_added, true, true)?;
-    p.ignore_order(&delta.items_added_at_indexes, &delta.items_removed_at_indexes)?;
-    p.items_added(&delta.dictionary_item_added, false, false)?;
-    p.items_removed(&delta.dictionary_item_removed)?;
-    p.post_process()?;
-    Ok(p.root)
+    result
+}
+
+impl Patcher<'_> {
+    /// deepdiff's `_do_*` steps in its order.
+    fn run(&mut self, delta: &Delta) -> Result<(), Abort> {
+        self.values_or_types(&delta.values_changed, false)?;
+        self.values_or_types(&delta.type_changes, true)?;
+        if self.dialect == Dialect::V8 {
+            self.opcodes(&delta.iterable_opcodes)?;
+        }
+        self.items_removed(&delta.iterable_item_removed)?;
+        self.items_added(&delta.iterable_item_added, true, true)?;
+        self.ignore_order(&delta.items_added_at_indexes, &delta.items_removed_at_indexes)?;
+        self.items_added(&delta.dictionary_item_added, false, false)?;
+        self.items_removed(&delta.dictionary_item_removed)?;
+        self.post_process()
+    }
+}
+
+/// What an aborted patch needs to undo its writes.
+enum Backup {
+    /// The whole value, when a path could reach the root itself.
+    Whole(Value),
+    /// The root dict's entries some path leads into: where each was, its
+    /// key and value (none when absent). Every write of a patch lies under
+    /// one of them, since writes only go to a path or its prefixes.
+    Entries(Vec<(Option<usize>, Value, Option<Value>)>),
+}
+
+impl Backup {
+    fn of(root: &Value, delta: &Delta) -> Backup {
+        Self::entries(root, delta).unwrap_or_else(|| Backup::Whole(root.clone()))
+    }
+
+    fn entries(root: &Value, delta: &Delta) -> Option<Backup> {
+        let Value::Dict(items) = root else { return None };
+        let paths = delta
+            .values_changed
+            .iter()
+            .chain(&delta.type_changes)
+            .map(|(p, _)| p)
+            .chain(delta.iterable_opcodes.iter().map(|(p, _)| p))
+            .chain(delta.iterable_item_removed.iter().map(|(p, _)| p))
+            .chain(delta.iterable_item_added.iter().map(|(p, _)| p))
+            .chain(delta.items_added_at_indexes.iter().map(|(p, _)| p))
+            .chain(delta.items_removed_at_indexes.iter().map(|(p, _)| p))
+            .chain(delta.dictionary_item_added.iter().map(|(p, _)| p))
+            .chain(delta.dictionary_item_removed.iter().map(|(p, _)| p));
+        let mut entries: Vec<(Option<usize>, Value, Option<Value>)> = Vec::new();
+        for p in paths {
+            let mut elements = path::parse(p, delta.dialect).into_iter().skip(1);
+            // A path of the root alone may replace the root.
+            let (key, _) = elements.next()?;
+            match pyops::dict_find(items, &key).ok()? {
+                Some(i) if !entries.iter().any(|(at, _, _)| *at == Some(i)) => {
+                    entries.push((Some(i), items[i].0.clone(), Some(items[i].1.clone())));
+                }
+                Some(_) => {}
+                None => entries.push((None, key, None)),
+            }
+        }
+        Some(Backup::Entries(entries))
+    }
+
+    fn restore(self, root: &mut Value) {
+        let mut entries = match self {
+            Backup::Whole(value) => {
+                *root = value;
+                return;
+            }
+            Backup::Entries(entries) => entries,
+        };
+        // The root stays a dict: only a path of the root alone can replace it.
+        let Value::Dict(items) = root else { return };
+        for (_, key, _) in &entries {
+            if let Ok(Some(i)) = pyops::dict_find(items, key) {
+                items.remove(i);
+            }
+        }
+        // The untouched entries kept their order; the others go back to
+        // where they were, lowest position first.
+        entries.sort_by_key(|(at, _, _)| *at);
+        for (at, key, value) in entries {
+            if let (Some(at), Some(value)) = (at, value) {
+                items.insert(at.min(items.len()), (key, value));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pickle::dict;
+
+    fn change(value: Value) -> Change {
+        Change {
+            new_value: Some(value),
+            new_type: Value::None,
+        }
+    }
+
+    /// Edits in three steps, the last of which raises in Python (an
+    /// insert into an int): the first two wrote into the node, removed a
+    /// top-level entry and changed a nested one.
+    fn delta(dialect: Dialect, with_failing_step: bool) -> Delta {
+        Delta {
+            dialect,
+            values_changed: vec![("root['c']['k']".into(), change(Value::Int(2)))],
+            iterable_item_removed: vec![
+                ("root['b']".into(), Value::str("x")),
+                ("root['a'][0]".into(), Value::Int(1)),
+            ],
+            iterable_item_added: if with_failing_step {
+                vec![("root['d'][0]".into(), Value::Int(7))]
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn node() -> Value {
+        dict([
+            ("a", Value::List(vec![Value::Int(1), Value::Int(2)])),
+            ("b", Value::str("x")),
+            ("untouched", Value::Int(0)),
+            ("c", dict([("k", Value::Int(1))])),
+            ("d", Value::Int(5)),
+            ("last", Value::Int(0)),
+        ])
+    }
+
+    #[test]
+    fn an_aborted_patch_leaves_the_node_as_it_was_in_order() {
+        for dialect in [Dialect::V5, Dialect::V8] {
+            let mut value = node();
+            let result = apply_in_place(&mut value, &delta(dialect, true), &mut Vec::new());
+            assert!(result.is_err(), "{dialect:?}: the insert into an int must abort");
+            assert_eq!(value, node(), "{dialect:?}");
+
+            // The same edits without the failing one do apply.
+            apply_in_place(&mut value, &delta(dialect, false), &mut Vec::new()).expect("applies");
+            let want = dict([
+                ("a", Value::List(vec![Value::Int(2)])),
+                ("untouched", Value::Int(0)),
+                ("c", dict([("k", Value::Int(2))])),
+                ("d", Value::Int(5)),
+                ("last", Value::Int(0)),
+            ]);
+            assert_eq!(value, want, "{dialect:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_that_is_not_a_dict_is_restored_whole() {
+        let list = || Value::List(vec![Value::Int(1), Value::Int(5)]);
+        let delta = Delta {
+            values_changed: vec![("root[0]".into(), change(Value::Int(9)))],
+            iterable_item_added: vec![("root[1][0]".into(), Value::Int(7))],
+            ..Default::default()
+        };
+        let mut value = list();
+        assert!(apply_in_place(&mut value, &delta, &mut Vec::new()).is_err());
+        assert_eq!(value, list());
+    }
 }

@@ -8,7 +8,7 @@ pub mod pyops;
 pub mod repr;
 mod sort;
 
-pub use apply::{Abort, Change, apply};
+pub use apply::{Abort, Change, apply_in_place};
 pub use path::Dialect;
 
 use crate::pickle::{self, Allow, Global, Value};
@@ -56,20 +56,21 @@ fn malformed<T>(msg: impl Into<String>) -> Result<T, DeltaError> {
     Err(DeltaError::Malformed(msg.into()))
 }
 
-fn path_map(v: &Value, what: &str) -> Result<Vec<(String, Value)>, DeltaError> {
+// The decoded pickle is consumed: its values move into the delta.
+fn path_map(v: Value, what: &str) -> Result<Vec<(String, Value)>, DeltaError> {
     let Value::Dict(items) = v else {
         return malformed(format!("{what} is not a dict"));
     };
     items
-        .iter()
+        .into_iter()
         .map(|(k, x)| match k {
-            Value::Str(s) => Ok((s.to_string(), x.clone())),
+            Value::Str(s) => Ok((s.to_string(), x)),
             _ => malformed(format!("{what} has a path that is not a str")),
         })
         .collect()
 }
 
-fn changes(v: &Value, what: &str) -> Result<Vec<(String, Change)>, DeltaError> {
+fn changes(v: Value, what: &str) -> Result<Vec<(String, Change)>, DeltaError> {
     path_map(v, what)?
         .into_iter()
         .map(|(p, c)| {
@@ -95,7 +96,7 @@ fn int_arg(v: Option<&Value>) -> i64 {
     }
 }
 
-fn opcodes(v: &Value) -> Result<Vec<(String, Vec<Opcode>)>, DeltaError> {
+fn opcodes(v: Value) -> Result<Vec<(String, Vec<Opcode>)>, DeltaError> {
     path_map(v, "_iterable_opcodes")?
         .into_iter()
         .map(|(p, ops)| {
@@ -126,7 +127,7 @@ fn opcodes(v: &Value) -> Result<Vec<(String, Vec<Opcode>)>, DeltaError> {
         .collect()
 }
 
-fn indexed(v: &Value, what: &str) -> Result<IndexedItems, DeltaError> {
+fn indexed(v: Value, what: &str) -> Result<IndexedItems, DeltaError> {
     path_map(v, what)?
         .into_iter()
         .map(|(p, m)| match m {
@@ -145,10 +146,10 @@ impl Delta {
         } else {
             Dialect::V8
         };
-        Self::from_value(&value, dialect)
+        Self::from_value(value, dialect)
     }
 
-    pub fn from_value(value: &Value, dialect: Dialect) -> Result<Delta, DeltaError> {
+    pub fn from_value(value: Value, dialect: Dialect) -> Result<Delta, DeltaError> {
         let Value::Dict(items) = value else {
             return malformed("the delta is not a dict");
         };
@@ -172,12 +173,12 @@ impl Delta {
                 "dictionary_item_removed" => d.dictionary_item_removed = path_map(v, key)?,
                 // Markers deepdiff stores next to the operations.
                 "_numpy_paths" | "_iterable_compare_func_was_used" => {
-                    if pyops::truthy(v) {
+                    if pyops::truthy(&v) {
                         return Err(DeltaError::Unsupported(key.to_string()));
                     }
                 }
                 other => {
-                    if pyops::truthy(v) {
+                    if pyops::truthy(&v) {
                         return Err(DeltaError::Unsupported(other.to_string()));
                     }
                 }
@@ -187,9 +188,10 @@ impl Delta {
     }
 }
 
-/// Decodes and applies a client's delta to a node value. `log` receives
-/// what deepdiff would have logged for the edits it skipped.
-pub fn apply_delta(base: &Value, raw_delta: &[u8], log: &mut Vec<String>) -> Result<Value, DeltaError> {
+/// Decodes a client's delta and applies it to a node value in place, all
+/// or nothing, as the server does with a commit. `log` receives what
+/// deepdiff would have logged for the edits it skipped.
+pub fn apply_delta(value: &mut Value, raw_delta: &[u8], log: &mut Vec<String>) -> Result<(), DeltaError> {
     let delta = Delta::decode(raw_delta)?;
-    Ok(apply(base, &delta, log)?)
+    Ok(apply_in_place(value, &delta, log)?)
 }

@@ -51,11 +51,21 @@ impl StoredNode {
 
     /// The decoded data, decoding the client's bytes on first use.
     pub fn value(&mut self) -> Result<&Value, pickle::DecodeError> {
+        Ok(self.value_mut()?)
+    }
+
+    /// The decoded data to patch; `patched` must follow a change.
+    fn value_mut(&mut self) -> Result<&mut Value, pickle::DecodeError> {
         if self.value.is_none() {
             let raw = self.raw_data.as_ref().map(|b| &b[..]).unwrap_or(b"\x80\x04N.");
             self.value = Some(pickle::decode(raw, Allow::Data)?);
         }
         Ok(self.value.get_or_insert(Value::None))
+    }
+
+    /// The value changed in place: its bytes are stale.
+    fn patched(&mut self) {
+        self.raw_data = None;
     }
 
     /// The bytes if they are current, without encoding.
@@ -77,11 +87,6 @@ impl StoredNode {
         self.size = raw.len();
         self.raw_data = Some(raw);
         self.value = None;
-    }
-
-    pub fn set_value(&mut self, value: Value) {
-        self.value = Some(value);
-        self.raw_data = None;
     }
 
     pub fn frames(&mut self, uuid: &str) -> Vec<Bytes> {
@@ -161,8 +166,8 @@ impl Graph {
     /// would have skipped.
     pub fn apply_commit(&mut self, commit: &CommitFrames, log: &mut Vec<String>) -> Result<(), CommitError> {
         let stored = self.nodes.get_mut(&commit.node_id).ok_or(CommitError::UnknownNode)?;
-        let patched = delta::apply(stored.value()?, &commit.delta, log)?;
-        stored.set_value(patched);
+        delta::apply_in_place(stored.value_mut()?, &commit.delta, log)?;
+        stored.patched();
         stored.dependencies = commit.dependencies.clone();
         stored.raw_dependencies = commit.raw_dependencies.clone();
         Ok(())
