@@ -362,9 +362,9 @@ impl Patcher<'_> {
                             Ok(o) => pyops::get_item(o, &elem.0).ok(),
                             Err(_) => None,
                         };
-                        let look = current.as_ref().is_none_or(|c| !py_eq(c, &expected));
+                        let look = current.as_ref().is_none_or(|c| !py_eq(c, expected));
                         let closest = match obj.as_deref() {
-                            Ok(list @ Value::List(_)) if look => Some(closest_index(list, &elem.0, &expected)?),
+                            Ok(list @ Value::List(_)) if look => Some(closest_index(list, &elem.0, expected)?),
                             _ => None,
                         };
                         (look, current.is_some(), closest)
@@ -390,7 +390,7 @@ impl Patcher<'_> {
                     }
                 }
             }
-            self.del_elem(&d, &elem, &path)?;
+            self.del_elem(&d, &elem, path)?;
         }
         Ok(())
     }
