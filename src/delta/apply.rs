@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use super::path::{self, Action, Dialect, Element};
-use super::pyops::{self, PyErr, PyResult, py_eq};
+use super::pyops::{self, PyErr, PyResult, Removed, Written, py_eq};
 use super::sort::py_sorted;
 use super::{Delta, IndexedItems, Opcode};
 use crate::pickle::{BuiltinType, Global, Value};
@@ -47,6 +47,79 @@ struct Patcher<'d> {
     /// While post-processing: the entry being processed.
     post_cursor: usize,
     log: &'d mut Vec<String>,
+    /// Every write to the tree, to take back in reverse if Python aborts.
+    undo: Vec<Undo>,
+}
+
+/// The object at a location, to write into.
+fn locate<'v>(root: &'v mut Value, loc: &[Element]) -> PyResult<&'v mut Value> {
+    let Some((first, rest)) = loc.split_first() else {
+        return Err(PyErr::Type("the Delta object itself is not data"));
+    };
+    if !is_root_elem(first) {
+        return Err(PyErr::Attribute);
+    }
+    let mut cur = root;
+    for (key, action) in rest {
+        if *action == Action::GetAttr {
+            return Err(PyErr::Attribute);
+        }
+        cur = pyops::get_item_mut(cur, key)?;
+    }
+    Ok(cur)
+}
+
+/// How to take one write back. Locations resolve to the same container
+/// when the log is unwound in reverse, since each step restores the exact
+/// tree the write saw.
+#[derive(Debug)]
+enum Undo {
+    Root(Value),
+    Written(Vec<Element>, Written),
+    /// A list item appended past the end.
+    Pushed(Vec<Element>),
+    Removed(Vec<Element>, Removed),
+    Inserted(Vec<Element>, usize),
+    Replaced(Vec<Element>, Vec<Value>),
+}
+
+impl Undo {
+    fn revert(self, root: &mut Value) -> PyResult<()> {
+        const MISMATCH: PyErr = PyErr::Type("the undo log does not match the tree");
+        match self {
+            Undo::Root(old) => *root = old,
+            Undo::Written(loc, Written::Replaced(i, old)) => match locate(root, &loc)? {
+                Value::Dict(items) => items.get_mut(i).ok_or(MISMATCH)?.1 = old,
+                Value::List(items) => *items.get_mut(i).ok_or(MISMATCH)? = old,
+                _ => return Err(MISMATCH),
+            },
+            Undo::Written(loc, Written::Appended) => match locate(root, &loc)? {
+                Value::Dict(items) => drop(items.pop().ok_or(MISMATCH)?),
+                _ => return Err(MISMATCH),
+            },
+            Undo::Pushed(loc) => match locate(root, &loc)? {
+                Value::List(items) => drop(items.pop().ok_or(MISMATCH)?),
+                _ => return Err(MISMATCH),
+            },
+            Undo::Removed(loc, Removed::Entry(i, key, value)) => match locate(root, &loc)? {
+                Value::Dict(items) if i <= items.len() => items.insert(i, (key, value)),
+                _ => return Err(MISMATCH),
+            },
+            Undo::Removed(loc, Removed::Item(i, value)) => match locate(root, &loc)? {
+                Value::List(items) if i <= items.len() => items.insert(i, value),
+                _ => return Err(MISMATCH),
+            },
+            Undo::Inserted(loc, i) => match locate(root, &loc)? {
+                Value::List(items) if i < items.len() => drop(items.remove(i)),
+                _ => return Err(MISMATCH),
+            },
+            Undo::Replaced(loc, old) => match locate(root, &loc)? {
+                Value::List(items) => *items = old,
+                _ => return Err(MISMATCH),
+            },
+        }
+        Ok(())
+    }
 }
 
 fn is_root_elem(e: &Element) -> bool {
@@ -90,23 +163,6 @@ impl Patcher<'_> {
                 },
                 Cow::Owned(v) => Cow::Owned(pyops::get_item(&v, key)?),
             };
-        }
-        Ok(cur)
-    }
-
-    fn get_mut(&mut self, loc: &[Element]) -> PyResult<&mut Value> {
-        let Some((first, rest)) = loc.split_first() else {
-            return Err(PyErr::Type("the Delta object itself is not data"));
-        };
-        if !is_root_elem(first) {
-            return Err(PyErr::Attribute);
-        }
-        let mut cur = &mut self.root;
-        for (key, action) in rest {
-            if *action == Action::GetAttr {
-                return Err(PyErr::Attribute);
-            }
-            cur = pyops::get_item_mut(cur, key)?;
         }
         Ok(cur)
     }
@@ -166,7 +222,8 @@ impl Patcher<'_> {
     fn simple_set(&mut self, obj_loc: &[Element], elem: &Element, value: Value, path: &str) -> bool {
         if obj_loc.is_empty() {
             if is_root_elem(elem) {
-                self.root = value;
+                let old = std::mem::replace(&mut self.root, value);
+                self.undo.push(Undo::Root(old));
                 return true;
             }
             self.log(format!("Failed to set {path} due to AttributeError"));
@@ -176,11 +233,12 @@ impl Patcher<'_> {
             self.log(format!("Failed to set {path} due to AttributeError"));
             return false;
         }
-        let result = match self.get_mut(obj_loc) {
+        let result = match locate(&mut self.root, obj_loc) {
             // An index one past the end appends, as deepdiff's fallback does.
             Ok(Value::List(items)) if pyops::seq_index(items.len(), &elem.0) == Err(PyErr::Index) => {
                 if py_eq(&elem.0, &Value::Int(items.len() as i64)) {
                     items.push(value);
+                    self.undo.push(Undo::Pushed(obj_loc.to_vec()));
                     Ok(())
                 } else {
                     self.log.push(format!(
@@ -190,7 +248,7 @@ impl Patcher<'_> {
                     return false;
                 }
             }
-            Ok(obj) => pyops::set_item(obj, &elem.0, value),
+            Ok(obj) => pyops::set_item(obj, &elem.0, value).map(|w| self.undo.push(Undo::Written(obj_loc.to_vec(), w))),
             Err(e) => Err(e),
         };
         match result {
@@ -311,8 +369,11 @@ impl Patcher<'_> {
                 };
                 self.simple_set(&parent_loc, &parent_elem, obj, path);
             } else {
-                match self.get_mut(&d.elements) {
-                    Ok(Value::List(items)) => *items = transformed,
+                match locate(&mut self.root, &d.elements) {
+                    Ok(Value::List(items)) => {
+                        let old = std::mem::replace(items, transformed);
+                        self.undo.push(Undo::Replaced(d.elements.clone(), old));
+                    }
                     _ => return abort(format!("TypeError: object does not support slice assignment at {path}")),
                 }
             }
@@ -415,9 +476,10 @@ impl Patcher<'_> {
             return Ok(());
         }
         let result = match target.as_mut() {
-            Some(list) => pyops::del_item(list, &elem.0),
-            None => match self.get_mut(d.obj_loc()) {
-                Ok(o) => pyops::del_item(o, &elem.0),
+            // A detached copy: its writes need no undoing.
+            Some(list) => pyops::del_item(list, &elem.0).map(drop),
+            None => match locate(&mut self.root, d.obj_loc()) {
+                Ok(o) => pyops::del_item(o, &elem.0).map(|r| self.undo.push(Undo::Removed(d.obj_loc().to_vec(), r))),
                 Err(e) => Err(e),
             },
         };
@@ -456,7 +518,7 @@ impl Patcher<'_> {
                 };
                 let below = pyops::py_lt(&d.elem().0, &Value::Int(len as i64)).map_err(|e| Abort(format!("{e}")))?;
                 if below {
-                    match self.get_mut(d.obj_loc()) {
+                    match locate(&mut self.root, d.obj_loc()) {
                         Ok(Value::List(list)) => {
                             let i = match &d.elem().0 {
                                 Value::Int(i) => *i,
@@ -466,6 +528,7 @@ impl Patcher<'_> {
                             let l = list.len() as i64;
                             let at = if i < 0 { (i + l).max(0) } else { i.min(l) };
                             list.insert(at as usize, Value::None);
+                            self.undo.push(Undo::Inserted(d.obj_loc().to_vec(), at as usize));
                         }
                         _ => return abort(format!("AttributeError: object has no attribute 'insert' at {path}")),
                     }
@@ -712,10 +775,9 @@ pub struct Change {
 }
 
 /// Applies a parsed delta to `root` itself, all or nothing: when Python
-/// would abort, `root` is left as it was. Only the top-level entries the
-/// delta's paths lead into are copied beforehand, not the whole node.
+/// would abort, the writes made so far are taken back from an undo log,
+/// so nothing is copied up front.
 pub fn apply_in_place(root: &mut Value, delta: &Delta, log: &mut Vec<String>) -> Result<(), Abort> {
-    let backup = Backup::of(root, delta);
     let mut p = Patcher {
         root: std::mem::replace(root, Value::None),
         dialect: delta.dialect,
@@ -724,12 +786,21 @@ pub fn apply_in_place(root: &mut Value, delta: &Delta, log: &mut Vec<String>) ->
         post_end: 0,
         post_cursor: 0,
         log,
+        undo: Vec::new(),
     };
     let result = p.run(delta);
-    *root = p.root;
     if result.is_err() {
-        backup.restore(root);
+        while let Some(undo) = p.undo.pop() {
+            if let Err(e) = undo.revert(&mut p.root) {
+                // Each step restores the tree the next one expects: a
+                // mismatch is a bug here, never the client's doing.
+                debug_assert!(false, "undo failed: {e}");
+                tracing::error!(error = %e, "could not take back the writes of an aborted delta");
+                break;
+            }
+        }
     }
+    *root = p.root;
     result
 }
 
@@ -747,77 +818,6 @@ impl Patcher<'_> {
         self.items_added(&delta.dictionary_item_added, false, false)?;
         self.items_removed(&delta.dictionary_item_removed)?;
         self.post_process()
-    }
-}
-
-/// What an aborted patch needs to undo its writes.
-enum Backup {
-    /// The whole value, when a path could reach the root itself.
-    Whole(Value),
-    /// The root dict's entries some path leads into: where each was, its
-    /// key and value (none when absent). Every write of a patch lies under
-    /// one of them, since writes only go to a path or its prefixes.
-    Entries(Vec<(Option<usize>, Value, Option<Value>)>),
-}
-
-impl Backup {
-    fn of(root: &Value, delta: &Delta) -> Backup {
-        Self::entries(root, delta).unwrap_or_else(|| Backup::Whole(root.clone()))
-    }
-
-    fn entries(root: &Value, delta: &Delta) -> Option<Backup> {
-        let Value::Dict(items) = root else { return None };
-        let paths = delta
-            .values_changed
-            .iter()
-            .chain(&delta.type_changes)
-            .map(|(p, _)| p)
-            .chain(delta.iterable_opcodes.iter().map(|(p, _)| p))
-            .chain(delta.iterable_item_removed.iter().map(|(p, _)| p))
-            .chain(delta.iterable_item_added.iter().map(|(p, _)| p))
-            .chain(delta.items_added_at_indexes.iter().map(|(p, _)| p))
-            .chain(delta.items_removed_at_indexes.iter().map(|(p, _)| p))
-            .chain(delta.dictionary_item_added.iter().map(|(p, _)| p))
-            .chain(delta.dictionary_item_removed.iter().map(|(p, _)| p));
-        let mut entries: Vec<(Option<usize>, Value, Option<Value>)> = Vec::new();
-        for p in paths {
-            let mut elements = path::parse(p, delta.dialect).into_iter().skip(1);
-            // A path of the root alone may replace the root.
-            let (key, _) = elements.next()?;
-            match pyops::dict_find(items, &key).ok()? {
-                Some(i) if !entries.iter().any(|(at, _, _)| *at == Some(i)) => {
-                    entries.push((Some(i), items[i].0.clone(), Some(items[i].1.clone())));
-                }
-                Some(_) => {}
-                None => entries.push((None, key, None)),
-            }
-        }
-        Some(Backup::Entries(entries))
-    }
-
-    fn restore(self, root: &mut Value) {
-        let mut entries = match self {
-            Backup::Whole(value) => {
-                *root = value;
-                return;
-            }
-            Backup::Entries(entries) => entries,
-        };
-        // The root stays a dict: only a path of the root alone can replace it.
-        let Value::Dict(items) = root else { return };
-        for (_, key, _) in &entries {
-            if let Ok(Some(i)) = pyops::dict_find(items, key) {
-                items.remove(i);
-            }
-        }
-        // The untouched entries kept their order; the others go back to
-        // where they were, lowest position first.
-        entries.sort_by_key(|(at, _, _)| *at);
-        for (at, key, value) in entries {
-            if let (Some(at), Some(value)) = (at, value) {
-                items.insert(at.min(items.len()), (key, value));
-            }
-        }
     }
 }
 
@@ -886,7 +886,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_that_is_not_a_dict_is_restored_whole() {
+    fn a_list_node_is_restored_too() {
         let list = || Value::List(vec![Value::Int(1), Value::Int(5)]);
         let delta = Delta {
             values_changed: vec![("root[0]".into(), change(Value::Int(9)))],

@@ -2,13 +2,19 @@
 //! with the parser of each deepdiff version reproduced quirk for quirk:
 //! which keys a version can address decides which edits it silently drops.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use crate::pickle::Value;
 
 /// The three code points deepdiff 8 puts before each quote of a key that
 /// holds both quote kinds.
 const MARKER: &str = "\u{1D1BA}\u{1D165}\u{1D16F}";
+
+/// Elements most paths of Blender data have, root included; more only
+/// cost a reallocation.
+const TYPICAL_DEPTH: usize = 6;
+/// Digits an i64 always holds.
+const I64_SAFE_DIGITS: usize = 18;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Dialect {
@@ -68,7 +74,9 @@ fn add_element(elements: &mut Vec<Element>, elem: &str, inside: Option<char>, di
 
 /// `_path_to_elements(path)`, root element included.
 pub fn parse(path: &str, dialect: Dialect) -> Vec<Element> {
-    let mut elements = vec![(Value::str("root"), Action::GetAttr)];
+    static ROOT: LazyLock<Value> = LazyLock::new(|| Value::str("root"));
+    let mut elements = Vec::with_capacity(TYPICAL_DEPTH);
+    elements.push((ROOT.clone(), Action::GetAttr));
     let mut elem = String::new();
     let mut inside: Option<char> = None;
     let mut prev: Option<char> = None;
@@ -145,6 +153,9 @@ pub fn parse(path: &str, dialect: Dialect) -> Vec<Element> {
 /// The part of `ast.literal_eval` that can appear in a path element:
 /// str and bytes literals, ints, floats, signs, None, True and False.
 pub fn literal_eval(text: &str) -> Option<Value> {
+    if let Some(v) = plain_literal(text) {
+        return Some(v);
+    }
     let t = text
         .trim_start_matches([' ', '\t'])
         .trim_end_matches([' ', '\t', '\n', '\r']);
@@ -169,6 +180,26 @@ pub fn literal_eval(text: &str) -> Option<Value> {
     }
     let num = number_literal(rest)?;
     negate(num, neg)
+}
+
+/// The keys nearly every path holds, `'name'` and `3`, without the general
+/// parser's copies; None when anything needs the general one.
+fn plain_literal(text: &str) -> Option<Value> {
+    let b = text.as_bytes();
+    match *b.first()? {
+        q @ (b'\'' | b'"') if b.len() >= 2 && b[b.len() - 1] == q => {
+            let inner = &text[1..text.len() - 1];
+            if inner.contains(['\'', '"', '\\', '\n', '\r']) {
+                return None;
+            }
+            Some(Value::str(inner))
+        }
+        b'1'..=b'9' if b.len() <= I64_SAFE_DIGITS && b.iter().all(u8::is_ascii_digit) => {
+            text.parse().ok().map(Value::Int)
+        }
+        b'0' if b.len() == 1 => Some(Value::Int(0)),
+        _ => None,
+    }
 }
 
 fn negate(v: Value, neg: bool) -> Option<Value> {

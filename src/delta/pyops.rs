@@ -236,39 +236,53 @@ pub fn get_item_mut<'a>(obj: &'a mut Value, key: &Value) -> PyResult<&'a mut Val
     }
 }
 
+/// What `obj[key] = value` did, so that it can be taken back.
+#[derive(Debug)]
+pub enum Written {
+    /// Entry or item `.0` held `.1`.
+    Replaced(usize, Value),
+    /// A new dict key went to the end.
+    Appended,
+}
+
 /// `obj[key] = value`.
-pub fn set_item(obj: &mut Value, key: &Value, value: Value) -> PyResult<()> {
+pub fn set_item(obj: &mut Value, key: &Value, value: Value) -> PyResult<Written> {
     match obj {
-        Value::Dict(items) => {
-            match dict_find(items, key)? {
-                Some(i) => items[i].1 = value,
-                None => items.push((key.clone(), value)),
+        Value::Dict(items) => match dict_find(items, key)? {
+            Some(i) => Ok(Written::Replaced(i, std::mem::replace(&mut items[i].1, value))),
+            None => {
+                items.push((key.clone(), value));
+                Ok(Written::Appended)
             }
-            Ok(())
-        }
+        },
         Value::List(items) => {
             let i = seq_index(items.len(), key)?;
-            items[i] = value;
-            Ok(())
+            Ok(Written::Replaced(i, std::mem::replace(&mut items[i], value)))
         }
         _ => Err(PyErr::Type("object does not support item assignment")),
     }
 }
 
+/// What `del obj[key]` removed, and from where.
+#[derive(Debug)]
+pub enum Removed {
+    Entry(usize, Value, Value),
+    Item(usize, Value),
+}
+
 /// `del obj[key]`.
-pub fn del_item(obj: &mut Value, key: &Value) -> PyResult<()> {
+pub fn del_item(obj: &mut Value, key: &Value) -> PyResult<Removed> {
     match obj {
         Value::Dict(items) => match dict_find(items, key)? {
             Some(i) => {
-                items.remove(i);
-                Ok(())
+                let (k, v) = items.remove(i);
+                Ok(Removed::Entry(i, k, v))
             }
             None => Err(PyErr::Key),
         },
         Value::List(items) => {
             let i = seq_index(items.len(), key)?;
-            items.remove(i);
-            Ok(())
+            Ok(Removed::Item(i, items.remove(i)))
         }
         _ => Err(PyErr::Type("object doesn't support item deletion")),
     }
