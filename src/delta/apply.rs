@@ -302,13 +302,14 @@ impl Patcher<'_> {
     }
 
     /// Steps 1 and 3: values_changed and type_changes.
-    fn values_or_types(&mut self, changes: &[(String, Change)], is_type_change: bool) -> Result<(), Abort> {
+    fn values_or_types(&mut self, changes: &mut [(String, Change)], is_type_change: bool) -> Result<(), Abort> {
         for (path, change) in changes {
             let Some(d) = self.details_for(path) else { continue };
             let new_value = match self.peek(d.obj_loc(), d.elem()) {
                 Err(_) => Err(format!("Unable to get the item at {path}")),
-                Ok(current) => match (&change.new_value, is_type_change) {
-                    (Some(v), _) => Ok(v.clone()),
+                // Paths are unique: each new value is used once, and moved.
+                Ok(current) => match (change.new_value.take(), is_type_change) {
+                    (Some(v), _) => Ok(v),
                     (None, true) => pyops::convert(&change.new_type, &current)
                         .map_err(|e| format!("Unable to do the type change for {path} due to {e}")),
                     (None, false) => return abort(format!("KeyError: 'new_value' in values_changed[{path}]")),
@@ -499,7 +500,7 @@ impl Patcher<'_> {
     }
 
     /// Steps 6 and 8: `_do_item_added`.
-    fn items_added(&mut self, items: &[(String, Value)], sort: bool, insert: bool) -> Result<(), Abort> {
+    fn items_added(&mut self, items: &mut [(String, Value)], sort: bool, insert: bool) -> Result<(), Abort> {
         let ordered = if sort {
             self.sort_paths(items, false)?
         } else {
@@ -507,7 +508,8 @@ impl Patcher<'_> {
             items.iter().enumerate().map(parse).collect()
         };
         for (i, elements) in ordered {
-            let (path, value) = &items[i];
+            let (path, value) = &mut items[i];
+            let (path, value) = (&*path, std::mem::replace(value, Value::None));
             let Some(d) = self.details(elements, path) else {
                 continue;
             };
@@ -534,7 +536,7 @@ impl Patcher<'_> {
                     }
                 }
             }
-            self.set_new_value(&d, value.clone(), path)?;
+            self.set_new_value(&d, value, path)?;
         }
         Ok(())
     }
@@ -777,7 +779,7 @@ pub struct Change {
 /// Applies a parsed delta to `root` itself, all or nothing: when Python
 /// would abort, the writes made so far are taken back from an undo log,
 /// so nothing is copied up front.
-pub fn apply_in_place(root: &mut Value, delta: &Delta, log: &mut Vec<String>) -> Result<(), Abort> {
+pub fn apply_in_place(root: &mut Value, mut delta: Delta, log: &mut Vec<String>) -> Result<(), Abort> {
     let mut p = Patcher {
         root: std::mem::replace(root, Value::None),
         dialect: delta.dialect,
@@ -788,7 +790,7 @@ pub fn apply_in_place(root: &mut Value, delta: &Delta, log: &mut Vec<String>) ->
         log,
         undo: Vec::new(),
     };
-    let result = p.run(delta);
+    let result = p.run(&mut delta);
     if result.is_err() {
         while let Some(undo) = p.undo.pop() {
             if let Err(e) = undo.revert(&mut p.root) {
@@ -806,16 +808,16 @@ pub fn apply_in_place(root: &mut Value, delta: &Delta, log: &mut Vec<String>) ->
 
 impl Patcher<'_> {
     /// deepdiff's `_do_*` steps in its order.
-    fn run(&mut self, delta: &Delta) -> Result<(), Abort> {
-        self.values_or_types(&delta.values_changed, false)?;
-        self.values_or_types(&delta.type_changes, true)?;
+    fn run(&mut self, delta: &mut Delta) -> Result<(), Abort> {
+        self.values_or_types(&mut delta.values_changed, false)?;
+        self.values_or_types(&mut delta.type_changes, true)?;
         if self.dialect == Dialect::V8 {
             self.opcodes(&delta.iterable_opcodes)?;
         }
         self.items_removed(&delta.iterable_item_removed)?;
-        self.items_added(&delta.iterable_item_added, true, true)?;
+        self.items_added(&mut delta.iterable_item_added, true, true)?;
         self.ignore_order(&delta.items_added_at_indexes, &delta.items_removed_at_indexes)?;
-        self.items_added(&delta.dictionary_item_added, false, false)?;
+        self.items_added(&mut delta.dictionary_item_added, false, false)?;
         self.items_removed(&delta.dictionary_item_removed)?;
         self.post_process()
     }
@@ -868,12 +870,12 @@ mod tests {
     fn an_aborted_patch_leaves_the_node_as_it_was_in_order() {
         for dialect in [Dialect::V5, Dialect::V8] {
             let mut value = node();
-            let result = apply_in_place(&mut value, &delta(dialect, true), &mut Vec::new());
+            let result = apply_in_place(&mut value, delta(dialect, true), &mut Vec::new());
             assert!(result.is_err(), "{dialect:?}: the insert into an int must abort");
             assert_eq!(value, node(), "{dialect:?}");
 
             // The same edits without the failing one do apply.
-            apply_in_place(&mut value, &delta(dialect, false), &mut Vec::new()).expect("applies");
+            apply_in_place(&mut value, delta(dialect, false), &mut Vec::new()).expect("applies");
             let want = dict([
                 ("a", Value::List(vec![Value::Int(2)])),
                 ("untouched", Value::Int(0)),
@@ -894,7 +896,7 @@ mod tests {
             ..Default::default()
         };
         let mut value = list();
-        assert!(apply_in_place(&mut value, &delta, &mut Vec::new()).is_err());
+        assert!(apply_in_place(&mut value, delta, &mut Vec::new()).is_err());
         assert_eq!(value, list());
     }
 }

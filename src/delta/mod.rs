@@ -193,5 +193,5 @@ impl Delta {
 /// deepdiff would have logged for the edits it skipped.
 pub fn apply_delta(value: &mut Value, raw_delta: &[u8], log: &mut Vec<String>) -> Result<(), DeltaError> {
     let delta = Delta::decode(raw_delta)?;
-    Ok(apply_in_place(value, &delta, log)?)
+    Ok(apply_in_place(value, delta, log)?)
 }

@@ -24,6 +24,9 @@ pub const MAX_VALUES: usize = 4_000_000;
 /// only matters for inputs far larger than real nodes.
 pub const MAX_MEMO: usize = 8_000_000;
 
+/// Stack slots reserved up front: deltas and node data rarely need more.
+const INITIAL_STACK: usize = 32;
+
 /// Which globals a decode may resolve. Anything else is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allow {
@@ -76,7 +79,7 @@ pub fn decode_with_info(input: &[u8], allow: Allow) -> Result<(Value, DecodeInfo
         input,
         pos: 0,
         allow,
-        stack: Vec::new(),
+        stack: Vec::with_capacity(INITIAL_STACK),
         marks: Vec::new(),
         memo: Vec::new(),
         arena: Vec::new(),
@@ -215,6 +218,11 @@ impl<'a> Machine<'a> {
 
     fn append(&mut self, target: &Item, items: Vec<Item>) -> Result<()> {
         match self.container_mut(target)? {
+            // Usually one APPENDS fills a new list: take its buffer whole.
+            Container::List(list) if list.is_empty() => {
+                *list = items;
+                Ok(())
+            }
             Container::List(list) => {
                 list.extend(items);
                 Ok(())
@@ -229,6 +237,7 @@ impl<'a> Machine<'a> {
         }
         match self.container_mut(target)? {
             Container::Dict(dict) => {
+                dict.reserve(items.len() / 2);
                 let mut it = items.into_iter();
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
                     dict.push((k, v));
@@ -431,7 +440,10 @@ impl<'a> Machine<'a> {
                     let v = self.pop()?;
                     let k = self.pop()?;
                     let target = self.top()?;
-                    self.set_items(&target, vec![k, v])?;
+                    match self.container_mut(&target)? {
+                        Container::Dict(dict) => dict.push((k, v)),
+                        _ => return Err(self.malformed("SETITEM on a non-dict")),
+                    }
                 }
                 b'u' => {
                     let items = self.pop_mark()?;

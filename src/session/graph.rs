@@ -163,10 +163,12 @@ impl Graph {
 
     /// Patches a node with a commit's delta, all or nothing: when Python
     /// would abort, the node is left as it was. `log` gets the edits deepdiff
-    /// would have skipped.
-    pub fn apply_commit(&mut self, commit: &CommitFrames, log: &mut Vec<String>) -> Result<(), CommitError> {
+    /// would have skipped. The parsed delta is used up (its values move into
+    /// the node); the commit's bytes stay.
+    pub fn apply_commit(&mut self, commit: &mut CommitFrames, log: &mut Vec<String>) -> Result<(), CommitError> {
         let stored = self.nodes.get_mut(&commit.node_id).ok_or(CommitError::UnknownNode)?;
-        delta::apply_in_place(stored.value_mut()?, &commit.delta, log)?;
+        let delta = std::mem::take(&mut commit.delta);
+        delta::apply_in_place(stored.value_mut()?, delta, log)?;
         stored.patched();
         stored.dependencies = commit.dependencies.clone();
         stored.raw_dependencies = commit.raw_dependencies.clone();

@@ -315,12 +315,12 @@ impl SessionState {
 
     /// A Node or Commit from the data port: store it, then relay it to every
     /// other registered client, byte for byte.
-    pub fn handle_update(&mut self, peer: PeerId, update: Update, frames: Arc<Vec<Bytes>>) {
+    pub fn handle_update(&mut self, peer: PeerId, mut update: Update, frames: Arc<Vec<Bytes>>) {
         if !self.clients.contains_key(&peer) {
             debug!(peer = %peer_name(&peer), "dropped an update from an unauthenticated peer");
             return;
         }
-        match &update {
+        match &mut update {
             Update::Node(node) => {
                 debug!(user = %self.username(&peer), node = %node.uuid, "node update");
                 self.graph.put_node(node.clone());

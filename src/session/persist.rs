@@ -192,14 +192,14 @@ impl SessionState {
                             continue;
                         }
                     };
-                    let commit = CommitFrames {
+                    let mut commit = CommitFrames {
                         node_id: uuid.clone(),
                         dependencies,
                         raw_dependencies,
                         raw_delta,
                         delta,
                     };
-                    if let Err(e) = self.graph.apply_commit(&commit, &mut Vec::new()) {
+                    if let Err(e) = self.graph.apply_commit(&mut commit, &mut Vec::new()) {
                         warn!(node = %uuid, error = %e, "journal: a commit no longer applies, skipped");
                     }
                 }
