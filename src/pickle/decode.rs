@@ -255,7 +255,12 @@ impl<'a> Machine<'a> {
         }
         // The memo is not a structural reference: only BINGET, which puts the
         // object in a second place, counts.
-        if idx >= self.memo.len() {
+        if idx == self.memo.len() {
+            // MEMOIZE, and BINPUT as CPython numbers it: the next slot.
+            self.memo.push(Some(item));
+            return Ok(());
+        }
+        if idx > self.memo.len() {
             self.memo.resize(idx + 1, None);
         }
         self.memo[idx] = Some(item);
