@@ -74,16 +74,23 @@ fn changes(v: Value, what: &str) -> Result<Vec<(String, Change)>, DeltaError> {
     path_map(v, what)?
         .into_iter()
         .map(|(p, c)| {
-            if c.as_dict().is_none() {
+            let Value::Dict(entries) = c else {
                 return malformed(format!("{what}[{p}] is not a dict"));
+            };
+            let mut change = Change {
+                new_value: None,
+                new_type: Value::None,
+            };
+            // Moved out, not copied: a new value can be a whole list. The
+            // last of repeated keys wins, as in the dict Python builds.
+            for (k, x) in entries {
+                match k.as_str() {
+                    Some("new_value") => change.new_value = Some(x),
+                    Some("new_type") => change.new_type = x,
+                    _ => {}
+                }
             }
-            Ok((
-                p,
-                Change {
-                    new_value: c.get("new_value").cloned(),
-                    new_type: c.get("new_type").cloned().unwrap_or(Value::None),
-                },
-            ))
+            Ok((p, change))
         })
         .collect()
 }
