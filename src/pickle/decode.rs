@@ -75,18 +75,11 @@ pub struct DecodeInfo {
 }
 
 pub fn decode_with_info(input: &[u8], allow: Allow) -> Result<(Value, DecodeInfo)> {
-    let mut machine = Machine {
-        input,
-        pos: 0,
-        allow,
-        stack: Vec::with_capacity(INITIAL_STACK),
-        marks: Vec::new(),
-        memo: Vec::new(),
-        arena: Vec::new(),
-        refs: Vec::new(),
-        budget: MAX_VALUES,
-        info: DecodeInfo::default(),
-    };
+    let mut machine = Machine::new(input, allow);
+    if let Some(value) = machine.run_direct() {
+        return Ok((value, DecodeInfo::default()));
+    }
+    machine.pos = 0;
     let top = machine.run()?;
     let info = machine.info;
     Ok((machine.materialize(top, 0)?, info))
@@ -130,6 +123,21 @@ struct Machine<'a> {
 }
 
 impl<'a> Machine<'a> {
+    fn new(input: &'a [u8], allow: Allow) -> Self {
+        Machine {
+            input,
+            pos: 0,
+            allow,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: Vec::new(),
+            arena: Vec::new(),
+            refs: Vec::new(),
+            budget: MAX_VALUES,
+            info: DecodeInfo::default(),
+        }
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated(self.pos))?;
         let bytes = self.input.get(self.pos..end).ok_or(DecodeError::Truncated(self.pos))?;
@@ -308,6 +316,187 @@ impl<'a> Machine<'a> {
         match item {
             Item::Atom(Value::Str(s)) => Some(s.clone()),
             _ => None,
+        }
+    }
+
+    /// The common case in one pass: plain data in which no container is
+    /// fetched from the memo a second time (node data and most deltas), so
+    /// values are built in place on the stack, without the arena. None
+    /// sends the input to `run`, which also gives every error; so this may
+    /// refuse more than `run` does, never accept more.
+    fn run_direct(&mut self) -> Option<Value> {
+        fn is_container(v: &Value) -> bool {
+            matches!(v, Value::List(_) | Value::Tuple(_) | Value::Dict(_))
+        }
+        // Each entry: a value and the containers nested in it, itself
+        // included (MAX_DEPTH bounds that, as `materialize` does).
+        let mut stack: Vec<(Value, usize)> = Vec::with_capacity(INITIAL_STACK);
+        let mut marks: Vec<usize> = Vec::new();
+        // None: unset; Some(None): a container, not fetched here.
+        let mut memo: Vec<Option<Option<Value>>> = Vec::new();
+        let mut values = 0usize;
+        loop {
+            let floor = marks.last().copied().unwrap_or(0);
+            let op = self.byte().ok()?;
+            let atom = match op {
+                0x80 => {
+                    if self.byte().ok()? > 5 {
+                        return None;
+                    }
+                    continue;
+                }
+                0x95 => {
+                    let n = self.len64().ok()?;
+                    if n > self.input.len() - self.pos {
+                        return None;
+                    }
+                    continue;
+                }
+                b'.' => {
+                    return match (stack.pop(), stack.is_empty() && marks.is_empty()) {
+                        (Some((v, _)), true) => Some(v),
+                        _ => None,
+                    };
+                }
+                b'N' => Value::None,
+                0x88 => Value::Bool(true),
+                0x89 => Value::Bool(false),
+                b'K' => Value::Int(i64::from(self.byte().ok()?)),
+                b'M' => Value::Int(i64::from(self.u16().ok()?)),
+                b'J' => Value::Int(i64::from(self.u32().ok()? as i32)),
+                0x8a => {
+                    let n = usize::from(self.byte().ok()?);
+                    int_from_le(self.take(n).ok()?)
+                }
+                b'G' => Value::Float(f64::from_be_bytes(self.take(8).ok()?.try_into().ok()?)),
+                0x8c => {
+                    let n = usize::from(self.byte().ok()?);
+                    self.string(n).ok()?
+                }
+                b'X' => {
+                    let n = self.u32().ok()? as usize;
+                    self.string(n).ok()?
+                }
+                b'C' => {
+                    let n = usize::from(self.byte().ok()?);
+                    Value::Bytes(Arc::from(self.take(n).ok()?))
+                }
+                b'B' => {
+                    let n = self.u32().ok()? as usize;
+                    Value::Bytes(Arc::from(self.take(n).ok()?))
+                }
+                b'}' => Value::Dict(Vec::new()),
+                b']' => Value::List(Vec::new()),
+                b')' => Value::Tuple(Vec::new()),
+                b'(' => {
+                    if marks.len() >= MAX_DEPTH * 4 {
+                        return None;
+                    }
+                    marks.push(stack.len());
+                    continue;
+                }
+                b't' | 0x85..=0x87 => {
+                    let from = if op == b't' {
+                        marks.pop()?
+                    } else {
+                        let n = usize::from(op - 0x84);
+                        stack.len().checked_sub(n).filter(|&f| f >= floor)?
+                    };
+                    let items = stack.split_off(from);
+                    let height = 1 + items.iter().map(|(_, h)| *h).max().unwrap_or(0);
+                    let tuple = Value::Tuple(items.into_iter().map(|(v, _)| v).collect());
+                    values += 1;
+                    stack.push((tuple, height));
+                    if height > MAX_DEPTH {
+                        return None;
+                    }
+                    continue;
+                }
+                b'a' | b'e' | b's' | b'u' => {
+                    let from = match op {
+                        b'a' => stack.len().checked_sub(1).filter(|&f| f > floor)?,
+                        b's' => stack.len().checked_sub(2).filter(|&f| f > floor)?,
+                        _ => {
+                            let from = marks.pop()?;
+                            if from <= marks.last().copied().unwrap_or(0) {
+                                return None;
+                            }
+                            from
+                        }
+                    };
+                    let items = stack.split_off(from);
+                    let (target, height) = stack.last_mut()?;
+                    for (_, h) in &items {
+                        *height = (*height).max(h + 1);
+                    }
+                    if *height > MAX_DEPTH {
+                        return None;
+                    }
+                    match (op, target) {
+                        (b'a' | b'e', Value::List(list)) => list.extend(items.into_iter().map(|(v, _)| v)),
+                        (b's' | b'u', Value::Dict(dict)) if items.len().is_multiple_of(2) => {
+                            let mut it = items.into_iter().map(|(v, _)| v);
+                            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                                dict.push((k, v));
+                            }
+                        }
+                        _ => return None,
+                    }
+                    continue;
+                }
+                0x94 | b'q' | b'r' => {
+                    let idx = match op {
+                        0x94 => memo.len(),
+                        b'q' => usize::from(self.byte().ok()?),
+                        _ => self.u32().ok()? as usize,
+                    };
+                    if idx >= MAX_MEMO || stack.len() <= floor {
+                        return None;
+                    }
+                    let (top, _) = stack.last()?;
+                    let entry = if is_container(top) { None } else { Some(top.clone()) };
+                    if idx >= memo.len() {
+                        memo.resize(idx + 1, None);
+                    }
+                    memo[idx] = Some(entry);
+                    continue;
+                }
+                b'h' | b'j' => {
+                    let idx = if op == b'h' {
+                        usize::from(self.byte().ok()?)
+                    } else {
+                        self.u32().ok()? as usize
+                    };
+                    // A container fetched twice is shared: `run` copies it.
+                    memo.get(idx)?.clone()??
+                }
+                b'0' => {
+                    if stack.len() <= floor {
+                        return None;
+                    }
+                    stack.pop();
+                    continue;
+                }
+                b'1' => {
+                    let from = marks.pop()?;
+                    stack.truncate(from);
+                    continue;
+                }
+                b'2' => {
+                    let (top, _) = stack.last().filter(|_| stack.len() > floor)?;
+                    if is_container(top) {
+                        return None;
+                    }
+                    top.clone()
+                }
+                _ => return None,
+            };
+            values += 1;
+            if values > MAX_VALUES {
+                return None;
+            }
+            let height = usize::from(is_container(&atom));
+            stack.push((atom, height));
         }
     }
 
@@ -723,4 +912,64 @@ fn int_from_le(raw: &[u8]) -> Value {
         return int_from_le(&trimmed);
     }
     Value::BigInt(Arc::from(trimmed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pickle::{dict, encode};
+
+    /// `run` alone, without the one-pass path in front of it.
+    fn decode_general(input: &[u8]) -> Result<Value> {
+        let mut machine = Machine::new(input, Allow::Data);
+        let top = machine.run()?;
+        machine.materialize(top, 0)
+    }
+
+    fn direct(input: &[u8]) -> Option<Value> {
+        Machine::new(input, Allow::Data).run_direct()
+    }
+
+    #[test]
+    fn one_pass_and_general_decoders_agree() {
+        let node = dict([
+            ("name", Value::str("Cube")),
+            (
+                "location",
+                Value::List(vec![Value::Float(1.5), Value::Float(-0.0), Value::Int(-7)]),
+            ),
+            ("vertices", dict([("co", Value::bytes(&[1, 2, 3, 4, 5]))])),
+            (
+                "slots",
+                Value::List(vec![
+                    Value::Tuple(vec![Value::str("uuid"), Value::str("name")]),
+                    Value::Tuple(vec![Value::str("uuid"), Value::None]),
+                ]),
+            ),
+            (
+                "flags",
+                Value::Tuple(vec![Value::Bool(true), Value::Bool(false), Value::Int(70_000)]),
+            ),
+            ("big", Value::Int(i64::MAX)),
+            ("empty", Value::Tuple(Vec::new())),
+        ]);
+        let raw = encode(&node);
+        assert_eq!(direct(&raw).as_ref(), Some(&node), "the one-pass path takes plain data");
+        assert_eq!(decode_general(&raw), Ok(node));
+        // DUP, POP and POP_MARK on atoms, by hand: [1, 1] with debris popped.
+        let p = b"\x80\x04]\x94(K\x012K\x09K\x08\x30(K\x05\x31e.";
+        let want = Value::List(vec![Value::Int(1), Value::Int(1), Value::Int(9)]);
+        assert_eq!(direct(p), Some(want.clone()));
+        assert_eq!(decode_general(p), Ok(want));
+    }
+
+    #[test]
+    fn shared_containers_and_classes_go_to_the_general_decoder() {
+        // x = [1, 2]; pickle.dumps([x, x], protocol=4): x is fetched twice.
+        let shared = b"\x80\x04]\x94(]\x94(K\x01K\x02eh\x01e.";
+        assert_eq!(direct(shared), None);
+        let opcode =
+            b"\x80\x04\x8c\x0fdeepdiff.helper\x8c\x06Opcode\x93(\x8c\x07replaceK\x00K\x01K\x00K\x01N]\x94K\x05at\x81.";
+        assert_eq!(direct(opcode), None);
+    }
 }
