@@ -338,158 +338,134 @@ impl<'a> Machine<'a> {
         loop {
             let floor = marks.last().copied().unwrap_or(0);
             let op = self.byte().ok()?;
-            let atom = match op {
-                0x80 => {
-                    if self.byte().ok()? > 5 {
-                        return None;
-                    }
-                    continue;
-                }
-                0x95 => {
-                    let n = self.len64().ok()?;
-                    if n > self.input.len() - self.pos {
-                        return None;
-                    }
-                    continue;
-                }
-                b'.' => {
-                    return match (stack.pop(), stack.is_empty() && marks.is_empty()) {
-                        (Some((v, _)), true) => Some(v),
-                        _ => None,
-                    };
-                }
-                b'N' => Value::None,
-                0x88 => Value::Bool(true),
-                0x89 => Value::Bool(false),
-                b'K' => Value::Int(i64::from(self.byte().ok()?)),
-                b'M' => Value::Int(i64::from(self.u16().ok()?)),
-                b'J' => Value::Int(i64::from(self.u32().ok()? as i32)),
-                0x8a => {
-                    let n = usize::from(self.byte().ok()?);
-                    int_from_le(self.take(n).ok()?)
-                }
-                b'G' => Value::Float(f64::from_be_bytes(self.take(8).ok()?.try_into().ok()?)),
-                0x8c => {
-                    let n = usize::from(self.byte().ok()?);
-                    self.string(n).ok()?
-                }
-                b'X' => {
-                    let n = self.u32().ok()? as usize;
-                    self.string(n).ok()?
-                }
-                b'C' => {
-                    let n = usize::from(self.byte().ok()?);
-                    Value::Bytes(Arc::from(self.take(n).ok()?))
-                }
-                b'B' => {
-                    let n = self.u32().ok()? as usize;
-                    Value::Bytes(Arc::from(self.take(n).ok()?))
-                }
-                b'}' => Value::Dict(Vec::new()),
-                b']' => Value::List(Vec::new()),
-                b')' => Value::Tuple(Vec::new()),
-                b'(' => {
-                    if marks.len() >= MAX_DEPTH * 4 {
-                        return None;
-                    }
-                    marks.push(stack.len());
-                    continue;
-                }
-                b't' | 0x85..=0x87 => {
-                    let from = if op == b't' {
-                        marks.pop()?
-                    } else {
-                        let n = usize::from(op - 0x84);
-                        stack.len().checked_sub(n).filter(|&f| f >= floor)?
-                    };
-                    let items = stack.split_off(from);
-                    let height = 1 + items.iter().map(|(_, h)| *h).max().unwrap_or(0);
-                    let tuple = Value::Tuple(items.into_iter().map(|(v, _)| v).collect());
-                    values += 1;
-                    stack.push((tuple, height));
-                    if height > MAX_DEPTH {
-                        return None;
-                    }
-                    continue;
-                }
-                b'a' | b'e' | b's' | b'u' => {
-                    let from = match op {
-                        b'a' => stack.len().checked_sub(1).filter(|&f| f > floor)?,
-                        b's' => stack.len().checked_sub(2).filter(|&f| f > floor)?,
-                        _ => {
-                            let from = marks.pop()?;
-                            if from <= marks.last().copied().unwrap_or(0) {
-                                return None;
-                            }
-                            from
+            let atom = match self.atom(op).ok()? {
+                Some(v) => v,
+                None => match op {
+                    0x80 => {
+                        if self.byte().ok()? > 5 {
+                            return None;
                         }
-                    };
-                    let items = stack.split_off(from);
-                    let (target, height) = stack.last_mut()?;
-                    for (_, h) in &items {
-                        *height = (*height).max(h + 1);
+                        continue;
                     }
-                    if *height > MAX_DEPTH {
-                        return None;
-                    }
-                    match (op, target) {
-                        (b'a' | b'e', Value::List(list)) => list.extend(items.into_iter().map(|(v, _)| v)),
-                        (b's' | b'u', Value::Dict(dict)) if items.len().is_multiple_of(2) => {
-                            let mut it = items.into_iter().map(|(v, _)| v);
-                            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                                dict.push((k, v));
-                            }
+                    0x95 => {
+                        let n = self.len64().ok()?;
+                        if n > self.input.len() - self.pos {
+                            return None;
                         }
-                        _ => return None,
+                        continue;
                     }
-                    continue;
-                }
-                0x94 | b'q' | b'r' => {
-                    let idx = match op {
-                        0x94 => memo.len(),
-                        b'q' => usize::from(self.byte().ok()?),
-                        _ => self.u32().ok()? as usize,
-                    };
-                    if idx >= MAX_MEMO || stack.len() <= floor {
-                        return None;
+                    b'.' => {
+                        return match (stack.pop(), stack.is_empty() && marks.is_empty()) {
+                            (Some((v, _)), true) => Some(v),
+                            _ => None,
+                        };
                     }
-                    let (top, _) = stack.last()?;
-                    let entry = if is_container(top) { None } else { Some(top.clone()) };
-                    if idx >= memo.len() {
-                        memo.resize(idx + 1, None);
+                    b'}' => Value::Dict(Vec::new()),
+                    b']' => Value::List(Vec::new()),
+                    b')' => Value::Tuple(Vec::new()),
+                    b'(' => {
+                        if marks.len() >= MAX_DEPTH * 4 {
+                            return None;
+                        }
+                        marks.push(stack.len());
+                        continue;
                     }
-                    memo[idx] = Some(entry);
-                    continue;
-                }
-                b'h' | b'j' => {
-                    let idx = if op == b'h' {
-                        usize::from(self.byte().ok()?)
-                    } else {
-                        self.u32().ok()? as usize
-                    };
-                    // A container fetched twice is shared: `run` copies it.
-                    memo.get(idx)?.clone()??
-                }
-                b'0' => {
-                    if stack.len() <= floor {
-                        return None;
+                    b't' | 0x85..=0x87 => {
+                        let from = if op == b't' {
+                            marks.pop()?
+                        } else {
+                            let n = usize::from(op - 0x84);
+                            stack.len().checked_sub(n).filter(|&f| f >= floor)?
+                        };
+                        let items = stack.split_off(from);
+                        let height = 1 + items.iter().map(|(_, h)| *h).max().unwrap_or(0);
+                        let tuple = Value::Tuple(items.into_iter().map(|(v, _)| v).collect());
+                        values += 1;
+                        stack.push((tuple, height));
+                        if height > MAX_DEPTH {
+                            return None;
+                        }
+                        continue;
                     }
-                    stack.pop();
-                    continue;
-                }
-                b'1' => {
-                    let from = marks.pop()?;
-                    stack.truncate(from);
-                    continue;
-                }
-                b'2' => {
-                    let (top, _) = stack.last().filter(|_| stack.len() > floor)?;
-                    if is_container(top) {
-                        return None;
+                    b'a' | b'e' | b's' | b'u' => {
+                        let from = match op {
+                            b'a' => stack.len().checked_sub(1).filter(|&f| f > floor)?,
+                            b's' => stack.len().checked_sub(2).filter(|&f| f > floor)?,
+                            _ => {
+                                let from = marks.pop()?;
+                                if from <= marks.last().copied().unwrap_or(0) {
+                                    return None;
+                                }
+                                from
+                            }
+                        };
+                        let items = stack.split_off(from);
+                        let (target, height) = stack.last_mut()?;
+                        for (_, h) in &items {
+                            *height = (*height).max(h + 1);
+                        }
+                        if *height > MAX_DEPTH {
+                            return None;
+                        }
+                        match (op, target) {
+                            (b'a' | b'e', Value::List(list)) => list.extend(items.into_iter().map(|(v, _)| v)),
+                            (b's' | b'u', Value::Dict(dict)) if items.len().is_multiple_of(2) => {
+                                let mut it = items.into_iter().map(|(v, _)| v);
+                                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                                    dict.push((k, v));
+                                }
+                            }
+                            _ => return None,
+                        }
+                        continue;
                     }
-                    top.clone()
-                }
-                _ => return None,
+                    0x94 | b'q' | b'r' => {
+                        let idx = match op {
+                            0x94 => memo.len(),
+                            b'q' => usize::from(self.byte().ok()?),
+                            _ => self.u32().ok()? as usize,
+                        };
+                        if idx >= MAX_MEMO || stack.len() <= floor {
+                            return None;
+                        }
+                        let (top, _) = stack.last()?;
+                        let entry = if is_container(top) { None } else { Some(top.clone()) };
+                        if idx >= memo.len() {
+                            memo.resize(idx + 1, None);
+                        }
+                        memo[idx] = Some(entry);
+                        continue;
+                    }
+                    b'h' | b'j' => {
+                        let idx = if op == b'h' {
+                            usize::from(self.byte().ok()?)
+                        } else {
+                            self.u32().ok()? as usize
+                        };
+                        // A container fetched twice is shared: `run` copies it.
+                        memo.get(idx)?.clone()??
+                    }
+                    b'0' => {
+                        if stack.len() <= floor {
+                            return None;
+                        }
+                        stack.pop();
+                        continue;
+                    }
+                    b'1' => {
+                        let from = marks.pop()?;
+                        stack.truncate(from);
+                        continue;
+                    }
+                    b'2' => {
+                        let (top, _) = stack.last().filter(|_| stack.len() > floor)?;
+                        if is_container(top) {
+                            return None;
+                        }
+                        top.clone()
+                    }
+                    _ => return None,
+                },
             };
             values += 1;
             if values > MAX_VALUES {
@@ -500,10 +476,65 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// The value of an opcode that pushes a plain value read from its
+    /// operand (None, bools, ints, floats, str, bytes); None for others.
+    fn atom(&mut self, op: u8) -> Result<Option<Value>> {
+        Ok(Some(match op {
+            b'N' => Value::None,
+            0x88 => Value::Bool(true),
+            0x89 => Value::Bool(false),
+            b'K' => Value::Int(i64::from(self.byte()?)),
+            b'M' => Value::Int(i64::from(self.u16()?)),
+            b'J' => Value::Int(i64::from(self.u32()? as i32)),
+            0x8a => {
+                let n = usize::from(self.byte()?);
+                int_from_le(self.take(n)?)
+            }
+            0x8b => {
+                let n = self.u32()? as usize;
+                int_from_le(self.take(n)?)
+            }
+            b'G' => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(self.take(8)?);
+                Value::Float(f64::from_be_bytes(a))
+            }
+            0x8c => {
+                let n = usize::from(self.byte()?);
+                self.string(n)?
+            }
+            b'X' => {
+                let n = self.u32()? as usize;
+                self.string(n)?
+            }
+            0x8d => {
+                let n = self.len64()?;
+                self.string(n)?
+            }
+            b'C' => {
+                let n = usize::from(self.byte()?);
+                Value::Bytes(Arc::from(self.take(n)?))
+            }
+            b'B' => {
+                let n = self.u32()? as usize;
+                Value::Bytes(Arc::from(self.take(n)?))
+            }
+            0x8e => {
+                let n = self.len64()?;
+                Value::Bytes(Arc::from(self.take(n)?))
+            }
+            _ => return Ok(None),
+        }))
+    }
+
     fn run(&mut self) -> Result<Item> {
         loop {
             let offset = self.pos;
             let op = self.byte().map_err(|_| DecodeError::NoStop)?;
+            if let Some(v) = self.atom(op)? {
+                self.stack.push(Item::Atom(v));
+                continue;
+            }
             match op {
                 0x80 => {
                     // PROTO: any version up to 5 reads the same opcodes we support.
@@ -525,67 +556,6 @@ impl<'a> Machine<'a> {
                         return Err(self.malformed("data left on the stack at STOP"));
                     }
                     return Ok(top);
-                }
-                b'N' => self.stack.push(Item::Atom(Value::None)),
-                0x88 => self.stack.push(Item::Atom(Value::Bool(true))),
-                0x89 => self.stack.push(Item::Atom(Value::Bool(false))),
-                b'K' => {
-                    let v = self.byte()?;
-                    self.stack.push(Item::Atom(Value::Int(i64::from(v))));
-                }
-                b'M' => {
-                    let v = self.u16()?;
-                    self.stack.push(Item::Atom(Value::Int(i64::from(v))));
-                }
-                b'J' => {
-                    let v = self.u32()? as i32;
-                    self.stack.push(Item::Atom(Value::Int(i64::from(v))));
-                }
-                0x8a => {
-                    let n = usize::from(self.byte()?);
-                    let raw = self.take(n)?;
-                    self.stack.push(Item::Atom(int_from_le(raw)));
-                }
-                0x8b => {
-                    let n = self.u32()? as usize;
-                    let raw = self.take(n)?;
-                    self.stack.push(Item::Atom(int_from_le(raw)));
-                }
-                b'G' => {
-                    let b = self.take(8)?;
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    self.stack.push(Item::Atom(Value::Float(f64::from_be_bytes(a))));
-                }
-                0x8c => {
-                    let n = usize::from(self.byte()?);
-                    let v = self.string(n)?;
-                    self.stack.push(Item::Atom(v));
-                }
-                b'X' => {
-                    let n = self.u32()? as usize;
-                    let v = self.string(n)?;
-                    self.stack.push(Item::Atom(v));
-                }
-                0x8d => {
-                    let n = self.len64()?;
-                    let v = self.string(n)?;
-                    self.stack.push(Item::Atom(v));
-                }
-                b'C' => {
-                    let n = usize::from(self.byte()?);
-                    let raw = self.take(n)?;
-                    self.stack.push(Item::Atom(Value::Bytes(Arc::from(raw))));
-                }
-                b'B' => {
-                    let n = self.u32()? as usize;
-                    let raw = self.take(n)?;
-                    self.stack.push(Item::Atom(Value::Bytes(Arc::from(raw))));
-                }
-                0x8e => {
-                    let n = self.len64()?;
-                    let raw = self.take(n)?;
-                    self.stack.push(Item::Atom(Value::Bytes(Arc::from(raw))));
                 }
                 b'}' => {
                     let c = self.new_container(Container::Dict(Vec::new()))?;
