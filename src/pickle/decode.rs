@@ -478,6 +478,8 @@ impl<'a> Machine<'a> {
 
     /// The value of an opcode that pushes a plain value read from its
     /// operand (None, bools, ints, floats, str, bytes); None for others.
+    /// Inlined: it runs once per opcode of both decoders.
+    #[inline(always)]
     fn atom(&mut self, op: u8) -> Result<Option<Value>> {
         Ok(Some(match op {
             b'N' => Value::None,
