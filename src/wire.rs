@@ -335,6 +335,24 @@ impl Update {
             Update::Commit(c) => &c.node_id,
         }
     }
+
+    /// Gives the bytes a stored node keeps their own buffers. Frames read
+    /// from a socket share libzmq's receive buffer (8 KB, holding several
+    /// messages): right for relaying, but a node kept for hours would keep
+    /// the whole buffer alive with it. Bytes read from disk or from a
+    /// decoded pickle already own theirs, so only the network path calls this.
+    pub fn detach(&mut self) {
+        fn own(bytes: &mut Bytes) {
+            *bytes = Bytes::copy_from_slice(bytes);
+        }
+        match self {
+            Update::Node(n) => {
+                own(&mut n.raw_dependencies);
+                own(&mut n.raw_data);
+            }
+            Update::Commit(c) => own(&mut c.raw_dependencies),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -106,14 +106,6 @@ pub enum CommitError {
     Delta(#[from] Abort),
 }
 
-/// A copy of received bytes the graph can keep. Frames read from a socket
-/// share libzmq's receive buffer (8 KB, holding several messages), which
-/// is right for relaying but would keep whole buffers alive for every
-/// stored node.
-fn detached(bytes: &Bytes) -> Bytes {
-    Bytes::copy_from_slice(bytes)
-}
-
 #[derive(Debug, Default)]
 pub struct Graph {
     nodes: IndexMap<String, StoredNode>,
@@ -156,15 +148,14 @@ impl Graph {
     /// A full node replaces data and dependencies; only Right changes the
     /// owner of a node the server already holds.
     pub fn put_node(&mut self, node: NodeFrames) {
-        let (raw_dependencies, raw_data) = (detached(&node.raw_dependencies), detached(&node.raw_data));
         match self.nodes.get_mut(&node.uuid) {
             Some(stored) => {
                 stored.dependencies = node.dependencies;
-                stored.raw_dependencies = raw_dependencies;
-                stored.set_raw(raw_data);
+                stored.raw_dependencies = node.raw_dependencies;
+                stored.set_raw(node.raw_data);
             }
             None => {
-                let stored = StoredNode::new(node.owner, node.dependencies, raw_dependencies, raw_data);
+                let stored = StoredNode::new(node.owner, node.dependencies, node.raw_dependencies, node.raw_data);
                 self.nodes.insert(node.uuid, stored);
             }
         }
@@ -180,7 +171,7 @@ impl Graph {
         delta::apply_in_place(stored.value_mut()?, delta, log)?;
         stored.patched();
         stored.dependencies = commit.dependencies.clone();
-        stored.raw_dependencies = detached(&commit.raw_dependencies);
+        stored.raw_dependencies = commit.raw_dependencies.clone();
         Ok(())
     }
 

@@ -320,15 +320,16 @@ impl SessionState {
             debug!(peer = %peer_name(&peer), "dropped an update from an unauthenticated peer");
             return;
         }
-        match &mut update {
+        update.detach();
+        match update {
             Update::Node(node) => {
                 debug!(user = %self.username(&peer), node = %node.uuid, "node update");
-                self.graph.put_node(node.clone());
-                self.record(put_node_entry(node));
+                self.record(put_node_entry(&node));
+                self.graph.put_node(node);
             }
-            Update::Commit(commit) => {
+            Update::Commit(mut commit) => {
                 let mut skipped = Vec::new();
-                match self.graph.apply_commit(commit, &mut skipped) {
+                match self.graph.apply_commit(&mut commit, &mut skipped) {
                     Ok(()) => {
                         self.stats.commits_applied += 1;
                         self.record(JournalEntry::Commit {

@@ -87,7 +87,6 @@ fn node_frames(uuid: &str, owner: &str, data: &Value) -> Vec<Bytes> {
     .frames(owner)
 }
 
-/// ServerSnapshot INIT announcing `nodes`.
 /// `sender` asks that `uuids` belong to `owner`.
 fn right_cmd(sender: &str, uuids: &[&str], owner: &str) -> Command {
     let uuids = Value::List(uuids.iter().map(|u| Value::str(u)).collect());
@@ -98,6 +97,7 @@ fn right_cmd(sender: &str, uuids: &[&str], owner: &str) -> Command {
     )
 }
 
+/// ServerSnapshot INIT announcing `nodes`.
 fn init_cmd(nodes: &[&str]) -> Command {
     let data = dict([
         ("STATE", Value::str("INIT")),
