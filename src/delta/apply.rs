@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use super::path::{self, Action, Dialect, Element};
 use super::pyops::{self, PyErr, PyResult, Removed, Written, py_eq};
 use super::sort::py_sorted;
-use super::{Delta, IndexedItems, Opcode};
+use super::{Delta, IndexedItems, Opcode, Path};
 use crate::pickle::{BuiltinType, Global, Value};
 
 /// Why a patch was aborted: the exception Python would raise.
@@ -124,6 +124,10 @@ impl Undo {
 
 fn is_root_elem(e: &Element) -> bool {
     e.1 == Action::GetAttr && e.0.as_str() == Some("root")
+}
+
+fn element_key(e: &Element) -> &Value {
+    &e.0
 }
 
 fn elements_eq(a: &[Element], b: &[Element]) -> bool {
@@ -301,10 +305,55 @@ impl Patcher<'_> {
         Ok(())
     }
 
+    /// A change of an existing dict entry or list item, in one walk: the
+    /// common case, for which every check of the general path passes (the
+    /// container is reachable, is not a tuple deepdiff would swap for a
+    /// list, and holds the key), so the write is the one it would make.
+    /// False when anything differs; the tree is then untouched and the
+    /// general path takes the change, with Python's messages.
+    fn replace_existing(&mut self, elements: &[Element], change: &mut Change, is_type_change: bool) -> bool {
+        let Some((elem, obj_loc)) = elements.split_last() else {
+            return false;
+        };
+        if obj_loc.is_empty() || elem.1 != Action::Get {
+            return false;
+        }
+        let Ok(obj) = locate(&mut self.root, obj_loc) else {
+            return false;
+        };
+        let (index, slot) = match obj {
+            Value::Dict(items) => match pyops::dict_find(items, &elem.0) {
+                Ok(Some(i)) => (i, &mut items[i].1),
+                _ => return false,
+            },
+            Value::List(items) => match pyops::seq_index(items.len(), &elem.0) {
+                Ok(i) => (i, &mut items[i]),
+                Err(_) => return false,
+            },
+            _ => return false,
+        };
+        let new_value = match change.new_value.take() {
+            Some(v) => v,
+            None if is_type_change => match pyops::convert(&change.new_type, slot) {
+                Ok(v) => v,
+                Err(_) => return false,
+            },
+            None => return false,
+        };
+        let old = std::mem::replace(slot, new_value);
+        self.undo
+            .push(Undo::Written(obj_loc.to_vec(), Written::Replaced(index, old)));
+        true
+    }
+
     /// Steps 1 and 3: values_changed and type_changes.
-    fn values_or_types(&mut self, changes: &mut [(String, Change)], is_type_change: bool) -> Result<(), Abort> {
+    fn values_or_types(&mut self, changes: &mut [(Path, Change)], is_type_change: bool) -> Result<(), Abort> {
         for (path, change) in changes {
-            let Some(d) = self.details_for(path) else { continue };
+            let elements = path::parse(path, self.dialect);
+            if self.replace_existing(&elements, change, is_type_change) {
+                continue;
+            }
+            let Some(d) = self.details(elements, path) else { continue };
             let new_value = match self.peek(d.obj_loc(), d.elem()) {
                 Err(_) => Err(format!("Unable to get the item at {path}")),
                 // Paths are unique: each new value is used once, and moved.
@@ -324,7 +373,7 @@ impl Patcher<'_> {
     }
 
     /// Step 4: `_iterable_opcodes` (deepdiff 8).
-    fn opcodes(&mut self, items: &[(String, Vec<Opcode>)]) -> Result<(), Abort> {
+    fn opcodes(&mut self, items: &[(Path, Vec<Opcode>)]) -> Result<(), Abort> {
         for (path, opcodes) in items {
             let Some(d) = self.details_for(path) else { continue };
             let n = d.n();
@@ -384,23 +433,27 @@ impl Patcher<'_> {
 
     /// The order deepdiff visits `items` in (sorted by parsed path), as
     /// indices, with each path parsed once.
-    fn sort_paths<T>(&self, items: &[(String, T)], reverse: bool) -> Result<Vec<(usize, Vec<Element>)>, Abort> {
+    fn sort_paths<T>(&self, items: &[(Path, T)], reverse: bool) -> Result<Vec<(usize, Vec<Element>)>, Abort> {
         let mut parsed: Vec<Vec<Element>> = items.iter().map(|(p, _)| path::parse(p, self.dialect)).collect();
-        let keys: Vec<Vec<Value>> = parsed
-            .iter()
-            .map(|elements| elements.iter().map(|(e, _)| e.clone()).collect())
-            .collect();
         let order: Vec<usize> = (0..items.len()).collect();
-        let sorted = match py_sorted(order.clone(), reverse, |a, b| pyops::seq_lt(&keys[*a], &keys[*b])) {
+        let sorted = match py_sorted(order.clone(), reverse, |a, b| {
+            pyops::seq_lt_by(&parsed[*a], &parsed[*b], element_key)
+        }) {
             Ok(sorted) => sorted,
             Err(e) if self.dialect == Dialect::V5 => return abort(format!("TypeError while sorting paths: {e}")),
             // deepdiff 8 retries with a comparison function that itself
             // raises whenever the first elements of an incomparable pair
             // share a type.
-            Err(_) => py_sorted(order, reverse, |a, b| {
-                Ok(sort_comparison(&keys[*a][1..], &keys[*b][1..])? < 0)
-            })
-            .map_err(|_| Abort("TypeError: argument of type 'NoneType' is not iterable".into()))?,
+            Err(_) => {
+                let keys: Vec<Vec<Value>> = parsed
+                    .iter()
+                    .map(|elements| elements.iter().map(|(e, _)| e.clone()).collect())
+                    .collect();
+                py_sorted(order, reverse, |a, b| {
+                    Ok(sort_comparison(&keys[*a][1..], &keys[*b][1..])? < 0)
+                })
+                .map_err(|_| Abort("TypeError: argument of type 'NoneType' is not iterable".into()))?
+            }
         };
         Ok(sorted
             .into_iter()
@@ -409,7 +462,7 @@ impl Patcher<'_> {
     }
 
     /// Steps 5 and 9: `_do_item_removed`.
-    fn items_removed(&mut self, items: &[(String, Value)]) -> Result<(), Abort> {
+    fn items_removed(&mut self, items: &[(Path, Value)]) -> Result<(), Abort> {
         for (i, elements) in self.sort_paths(items, true)? {
             let (path, expected) = &items[i];
             let Some(d) = self.details(elements, path) else {
@@ -500,11 +553,11 @@ impl Patcher<'_> {
     }
 
     /// Steps 6 and 8: `_do_item_added`.
-    fn items_added(&mut self, items: &mut [(String, Value)], sort: bool, insert: bool) -> Result<(), Abort> {
+    fn items_added(&mut self, items: &mut [(Path, Value)], sort: bool, insert: bool) -> Result<(), Abort> {
         let ordered = if sort {
             self.sort_paths(items, false)?
         } else {
-            let parse = |(i, (p, _)): (usize, &(String, Value))| (i, path::parse(p, self.dialect));
+            let parse = |(i, (p, _)): (usize, &(Path, Value))| (i, path::parse(p, self.dialect));
             items.iter().enumerate().map(parse).collect()
         };
         for (i, elements) in ordered {
@@ -543,7 +596,7 @@ impl Patcher<'_> {
 
     /// Step 7: `_do_ignore_order`.
     fn ignore_order(&mut self, added: &IndexedItems, removed: &IndexedItems) -> Result<(), Abort> {
-        let mut paths: Vec<&String> = Vec::new();
+        let mut paths: Vec<&Path> = Vec::new();
         for (p, _) in added.iter().chain(removed) {
             if !paths.contains(&p) {
                 paths.push(p);

@@ -22,22 +22,26 @@ pub struct Opcode {
     pub new_values: Value,
 }
 
+/// A path as the delta's pickle holds it (`root['objects'][3]`), shared
+/// with the decoded pickle rather than copied.
+pub type Path = std::sync::Arc<str>;
+
 /// `{container_path: {index: value}}` of the ignore_order reports.
-pub type IndexedItems = Vec<(String, Vec<(Value, Value)>)>;
+pub type IndexedItems = Vec<(Path, Vec<(Value, Value)>)>;
 
 /// A delta, its operations in the order deepdiff stores them.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Delta {
     pub dialect: Dialect,
-    pub values_changed: Vec<(String, Change)>,
-    pub type_changes: Vec<(String, Change)>,
-    pub iterable_opcodes: Vec<(String, Vec<Opcode>)>,
-    pub iterable_item_removed: Vec<(String, Value)>,
-    pub iterable_item_added: Vec<(String, Value)>,
+    pub values_changed: Vec<(Path, Change)>,
+    pub type_changes: Vec<(Path, Change)>,
+    pub iterable_opcodes: Vec<(Path, Vec<Opcode>)>,
+    pub iterable_item_removed: Vec<(Path, Value)>,
+    pub iterable_item_added: Vec<(Path, Value)>,
     pub items_added_at_indexes: IndexedItems,
     pub items_removed_at_indexes: IndexedItems,
-    pub dictionary_item_added: Vec<(String, Value)>,
-    pub dictionary_item_removed: Vec<(String, Value)>,
+    pub dictionary_item_added: Vec<(Path, Value)>,
+    pub dictionary_item_removed: Vec<(Path, Value)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -57,20 +61,20 @@ fn malformed<T>(msg: impl Into<String>) -> Result<T, DeltaError> {
 }
 
 // The decoded pickle is consumed: its values move into the delta.
-fn path_map(v: Value, what: &str) -> Result<Vec<(String, Value)>, DeltaError> {
+fn path_map(v: Value, what: &str) -> Result<Vec<(Path, Value)>, DeltaError> {
     let Value::Dict(items) = v else {
         return malformed(format!("{what} is not a dict"));
     };
     items
         .into_iter()
         .map(|(k, x)| match k {
-            Value::Str(s) => Ok((s.to_string(), x)),
+            Value::Str(s) => Ok((s, x)),
             _ => malformed(format!("{what} has a path that is not a str")),
         })
         .collect()
 }
 
-fn changes(v: Value, what: &str) -> Result<Vec<(String, Change)>, DeltaError> {
+fn changes(v: Value, what: &str) -> Result<Vec<(Path, Change)>, DeltaError> {
     path_map(v, what)?
         .into_iter()
         .map(|(p, c)| {
@@ -103,7 +107,7 @@ fn int_arg(v: Option<&Value>) -> i64 {
     }
 }
 
-fn opcodes(v: Value) -> Result<Vec<(String, Vec<Opcode>)>, DeltaError> {
+fn opcodes(v: Value) -> Result<Vec<(Path, Vec<Opcode>)>, DeltaError> {
     path_map(v, "_iterable_opcodes")?
         .into_iter()
         .map(|(p, ops)| {

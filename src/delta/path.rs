@@ -77,7 +77,8 @@ pub fn parse(path: &str, dialect: Dialect) -> Vec<Element> {
     static ROOT: LazyLock<Value> = LazyLock::new(|| Value::str("root"));
     let mut elements = Vec::with_capacity(TYPICAL_DEPTH);
     elements.push((ROOT.clone(), Action::GetAttr));
-    let mut elem = String::new();
+    // One buffer for every element: none is longer than the path.
+    let mut elem = String::with_capacity(path.len());
     let mut inside: Option<char> = None;
     let mut prev: Option<char> = None;
     let mut brackets = 0usize;

@@ -162,7 +162,12 @@ pub fn py_lt(a: &Value, b: &Value) -> PyResult<bool> {
 
 /// Lexicographic `<` of two sequences, as list comparison does it.
 pub fn seq_lt(x: &[Value], y: &[Value]) -> PyResult<bool> {
-    for (p, q) in x.iter().zip(y) {
+    seq_lt_by(x, y, |v| v)
+}
+
+/// `seq_lt` of sequences whose items hold their values (`value` picks it).
+pub fn seq_lt_by<T>(x: &[T], y: &[T], value: impl Fn(&T) -> &Value) -> PyResult<bool> {
+    for (p, q) in x.iter().zip(y).map(|(p, q)| (value(p), value(q))) {
         if !py_eq(p, q) {
             return py_lt(p, q);
         }

@@ -377,9 +377,8 @@ impl<'a> Machine<'a> {
                             let n = usize::from(op - 0x84);
                             stack.len().checked_sub(n).filter(|&f| f >= floor)?
                         };
-                        let items = stack.split_off(from);
-                        let height = 1 + items.iter().map(|(_, h)| *h).max().unwrap_or(0);
-                        let tuple = Value::Tuple(items.into_iter().map(|(v, _)| v).collect());
+                        let height = 1 + stack[from..].iter().map(|(_, h)| *h).max().unwrap_or(0);
+                        let tuple = Value::Tuple(stack.drain(from..).map(|(v, _)| v).collect());
                         values += 1;
                         stack.push((tuple, height));
                         if height > MAX_DEPTH {
@@ -399,24 +398,28 @@ impl<'a> Machine<'a> {
                                 from
                             }
                         };
-                        let items = stack.split_off(from);
-                        let (target, height) = stack.last_mut()?;
-                        for (_, h) in &items {
+                        // The items move out in place: no buffer of their own.
+                        let (head, items) = stack.split_at_mut(from);
+                        let (target, height) = head.last_mut()?;
+                        for (_, h) in items.iter() {
                             *height = (*height).max(h + 1);
                         }
                         if *height > MAX_DEPTH {
                             return None;
                         }
+                        let take = |v: &mut Value| std::mem::replace(v, Value::None);
                         match (op, target) {
-                            (b'a' | b'e', Value::List(list)) => list.extend(items.into_iter().map(|(v, _)| v)),
+                            (b'a' | b'e', Value::List(list)) => list.extend(items.iter_mut().map(|(v, _)| take(v))),
                             (b's' | b'u', Value::Dict(dict)) if items.len().is_multiple_of(2) => {
-                                let mut it = items.into_iter().map(|(v, _)| v);
-                                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                                    dict.push((k, v));
+                                dict.reserve(items.len() / 2);
+                                for pair in items.chunks_exact_mut(2) {
+                                    let (k, rest) = pair.split_first_mut()?;
+                                    dict.push((take(&mut k.0), take(&mut rest.first_mut()?.0)));
                                 }
                             }
                             _ => return None,
                         }
+                        stack.truncate(from);
                         continue;
                     }
                     0x94 | b'q' | b'r' => {
@@ -430,10 +433,15 @@ impl<'a> Machine<'a> {
                         }
                         let (top, _) = stack.last()?;
                         let entry = if is_container(top) { None } else { Some(top.clone()) };
-                        if idx >= memo.len() {
-                            memo.resize(idx + 1, None);
+                        // CPython numbers its memo in order: the next slot.
+                        if idx == memo.len() {
+                            memo.push(Some(entry));
+                        } else {
+                            if idx > memo.len() {
+                                memo.resize(idx + 1, None);
+                            }
+                            memo[idx] = Some(entry);
                         }
-                        memo[idx] = Some(entry);
                         continue;
                     }
                     b'h' | b'j' => {
