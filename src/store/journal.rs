@@ -235,7 +235,10 @@ impl JournalWriter {
                     .map_err(io_err(path, "cut the journal's torn tail"))?;
                 w.bytes = valid;
             }
-            None => w.start_file()?,
+            None => {
+                w.start_file()?;
+                w.file.sync_all().map_err(io_err(path, "start the journal"))?;
+            }
         }
         use std::io::Seek;
         w.file
@@ -256,7 +259,6 @@ impl JournalWriter {
         self.file
             .write_all(&header)
             .map_err(io_err(&self.path, "start the journal"))?;
-        self.file.sync_all().map_err(io_err(&self.path, "start the journal"))?;
         self.bytes = 0;
         Ok(())
     }
@@ -334,6 +336,11 @@ impl JournalWriter {
                 .map_err(io_err(&self.path, "open the journal"))?;
         }
         self.generation += 1;
+        // Not fsynced here: on the server thread, while a snapshot floods
+        // the disk, an fsync takes tens of milliseconds of relaying. The
+        // header reaches the disk with the first fsync of a record (every
+        // commit with `always`, each second with `everysec`); a file cut
+        // before it holds no record, and replays as empty.
         self.start_file()?;
         Ok(closed)
     }
@@ -427,5 +434,27 @@ mod tests {
         assert_eq!(old.entries, vec![entry(1), entry(2)]);
         let cur = read(&p).unwrap().unwrap();
         assert_eq!((cur.generation, cur.entries.clone()), (3, vec![entry(3)]));
+    }
+
+    /// A rotation does not fsync the new file's header: a crash before the
+    /// next fsync can leave the file empty or cut inside the header. Such a
+    /// file held no durable record; it must replay as empty, with a reason.
+    #[test]
+    fn journal_cut_inside_its_header_replays_as_empty() {
+        let d = tmp("cut-header");
+        let (p, prev) = (d.join("journal"), d.join("journal.prev"));
+        let mut w = JournalWriter::open(&p, 1, FsyncPolicy::Off, None).unwrap();
+        w.append(&entry(1)).unwrap();
+        w.rotate(&prev).unwrap();
+        drop(w);
+        let header = fs::read(&p).unwrap();
+        assert_eq!(header.len(), FILE_HEADER_LEN);
+        for cut in [0, 5, FILE_HEADER_LEN - 1] {
+            fs::write(&p, &header[..cut]).unwrap();
+            let r = read(&p).unwrap().unwrap();
+            assert!(r.entries.is_empty(), "cut at {cut}");
+            assert!(r.dropped_tail.unwrap().contains("header"), "cut at {cut}");
+        }
+        assert_eq!(read(&prev).unwrap().unwrap().entries, vec![entry(1)]);
     }
 }
