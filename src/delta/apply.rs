@@ -353,7 +353,9 @@ impl Patcher<'_> {
             if self.replace_existing(&elements, change, is_type_change) {
                 continue;
             }
-            let Some(d) = self.details(elements, path) else { continue };
+            let Some(d) = self.details(elements, path) else {
+                continue;
+            };
             let new_value = match self.peek(d.obj_loc(), d.elem()) {
                 Err(_) => Err(format!("Unable to get the item at {path}")),
                 // Paths are unique: each new value is used once, and moved.
