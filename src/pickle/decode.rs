@@ -26,6 +26,13 @@ pub const MAX_MEMO: usize = 8_000_000;
 
 /// Stack slots reserved up front: deltas and node data rarely need more.
 const INITIAL_STACK: usize = 32;
+/// Open marks reserved up front (one per nesting level being built).
+const INITIAL_MARKS: usize = 16;
+/// Memo slots reserved per input byte (protocol 4 memoizes nearly every
+/// str and container: about one per 16 bytes of Blender data), up to a cap
+/// so that a large node does not reserve megabytes it may not use.
+const MEMO_BYTES_PER_SLOT: usize = 16;
+const INITIAL_MEMO_CAP: usize = 1024;
 
 /// Which globals a decode may resolve. Anything else is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,9 +338,10 @@ impl<'a> Machine<'a> {
         // Each entry: a value and the containers nested in it, itself
         // included (MAX_DEPTH bounds that, as `materialize` does).
         let mut stack: Vec<(Value, usize)> = Vec::with_capacity(INITIAL_STACK);
-        let mut marks: Vec<usize> = Vec::new();
+        let mut marks: Vec<usize> = Vec::with_capacity(INITIAL_MARKS);
         // None: unset; Some(None): a container, not fetched here.
-        let mut memo: Vec<Option<Option<Value>>> = Vec::new();
+        let mut memo: Vec<Option<Option<Value>>> =
+            Vec::with_capacity((self.input.len() / MEMO_BYTES_PER_SLOT).min(INITIAL_MEMO_CAP));
         let mut values = 0usize;
         loop {
             let floor = marks.last().copied().unwrap_or(0);
