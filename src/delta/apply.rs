@@ -309,50 +309,65 @@ impl Patcher<'_> {
     /// common case, for which every check of the general path passes (the
     /// container is reachable, is not a tuple deepdiff would swap for a
     /// list, and holds the key), so the write is the one it would make.
-    /// False when anything differs; the tree is then untouched and the
-    /// general path takes the change, with Python's messages.
-    fn replace_existing(&mut self, elements: &[Element], change: &mut Change, is_type_change: bool) -> bool {
-        let Some((elem, obj_loc)) = elements.split_last() else {
-            return false;
+    /// When anything differs the path's elements come back, the tree
+    /// untouched, and the general path takes the change with Python's
+    /// messages.
+    fn replace_existing(
+        &mut self,
+        elements: Vec<Element>,
+        change: &mut Change,
+        is_type_change: bool,
+    ) -> Result<(), Vec<Element>> {
+        let Some((index, old)) = self.replace_in_tree(&elements, change, is_type_change) else {
+            return Err(elements);
         };
+        // The path's own elements, its last one dropped, locate the write
+        // for the undo log: no copy of them.
+        let mut obj_loc = elements;
+        obj_loc.pop();
+        self.undo.push(Undo::Written(obj_loc, Written::Replaced(index, old)));
+        Ok(())
+    }
+
+    /// The write of `replace_existing`: the index written and the value it
+    /// held. None, with the tree untouched, when the fast path does not apply.
+    fn replace_in_tree(
+        &mut self,
+        elements: &[Element],
+        change: &mut Change,
+        is_type_change: bool,
+    ) -> Option<(usize, Value)> {
+        let (elem, obj_loc) = elements.split_last()?;
         if obj_loc.is_empty() || elem.1 != Action::Get {
-            return false;
+            return None;
         }
-        let Ok(obj) = locate(&mut self.root, obj_loc) else {
-            return false;
-        };
+        let obj = locate(&mut self.root, obj_loc).ok()?;
         let (index, slot) = match obj {
-            Value::Dict(items) => match pyops::dict_find(items, &elem.0) {
-                Ok(Some(i)) => (i, &mut items[i].1),
-                _ => return false,
-            },
-            Value::List(items) => match pyops::seq_index(items.len(), &elem.0) {
-                Ok(i) => (i, &mut items[i]),
-                Err(_) => return false,
-            },
-            _ => return false,
+            Value::Dict(items) => {
+                let i = pyops::dict_find(items, &elem.0).ok()??;
+                (i, &mut items[i].1)
+            }
+            Value::List(items) => {
+                let i = pyops::seq_index(items.len(), &elem.0).ok()?;
+                (i, &mut items[i])
+            }
+            _ => return None,
         };
         let new_value = match change.new_value.take() {
             Some(v) => v,
-            None if is_type_change => match pyops::convert(&change.new_type, slot) {
-                Ok(v) => v,
-                Err(_) => return false,
-            },
-            None => return false,
+            None if is_type_change => pyops::convert(&change.new_type, slot).ok()?,
+            None => return None,
         };
-        let old = std::mem::replace(slot, new_value);
-        self.undo
-            .push(Undo::Written(obj_loc.to_vec(), Written::Replaced(index, old)));
-        true
+        Some((index, std::mem::replace(slot, new_value)))
     }
 
     /// Steps 1 and 3: values_changed and type_changes.
     fn values_or_types(&mut self, changes: &mut [(Path, Change)], is_type_change: bool) -> Result<(), Abort> {
         for (path, change) in changes {
-            let elements = path::parse(path, self.dialect);
-            if self.replace_existing(&elements, change, is_type_change) {
-                continue;
-            }
+            let elements = match self.replace_existing(path::parse(path, self.dialect), change, is_type_change) {
+                Ok(()) => continue,
+                Err(elements) => elements,
+            };
             let Some(d) = self.details(elements, path) else {
                 continue;
             };

@@ -140,6 +140,10 @@ pub fn is_hashable(v: &Value) -> bool {
 
 /// Index of `key` in a dict, by hash/eq. TypeError for unhashable keys.
 pub fn dict_find(items: &[(Value, Value)], key: &Value) -> PyResult<Option<usize>> {
+    if let Value::Str(key) = key {
+        // Nearly every key of Blender data; a str only ever equals a str.
+        return Ok(items.iter().position(|(k, _)| matches!(k, Value::Str(s) if s == key)));
+    }
     if !is_hashable(key) {
         return Err(PyErr::Type("unhashable type"));
     }
