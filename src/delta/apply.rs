@@ -461,16 +461,10 @@ impl Patcher<'_> {
             // deepdiff 8 retries with a comparison function that itself
             // raises whenever the first elements of an incomparable pair
             // share a type.
-            Err(_) => {
-                let keys: Vec<Vec<Value>> = parsed
-                    .iter()
-                    .map(|elements| elements.iter().map(|(e, _)| e.clone()).collect())
-                    .collect();
-                py_sorted(order, reverse, |a, b| {
-                    Ok(sort_comparison(&keys[*a][1..], &keys[*b][1..])? < 0)
-                })
-                .map_err(|_| Abort("TypeError: argument of type 'NoneType' is not iterable".into()))?
-            }
+            Err(_) => py_sorted(order, reverse, |a, b| {
+                Ok(sort_comparison(&parsed[*a][1..], &parsed[*b][1..])? < 0)
+            })
+            .map_err(|_| Abort("TypeError: argument of type 'NoneType' is not iterable".into()))?,
         };
         Ok(sorted
             .into_iter()
@@ -758,10 +752,10 @@ fn closest_index(obj: &Value, elem: &Value, expected: &Value) -> Result<Option<u
 }
 
 /// deepdiff 8's `_sort_comparison`, on paths without their root.
-fn sort_comparison(left: &[Value], right: &[Value]) -> Result<i32, PyErr> {
-    match pyops::seq_lt(left, right) {
+fn sort_comparison(left: &[Element], right: &[Element]) -> Result<i32, PyErr> {
+    match pyops::seq_lt_by(left, right, element_key) {
         Ok(true) => return Ok(-1),
-        Ok(false) => match pyops::seq_lt(right, left) {
+        Ok(false) => match pyops::seq_lt_by(right, left, element_key) {
             Ok(true) => return Ok(1),
             Ok(false) => return Ok(0),
             Err(_) => {}
@@ -769,7 +763,7 @@ fn sort_comparison(left: &[Value], right: &[Value]) -> Result<i32, PyErr> {
         Err(_) => {}
     }
     let n = left.len().min(right.len());
-    for (l, r) in left[..n].iter().zip(&right[..n]) {
+    for ((l, _), (r, _)) in left[..n].iter().zip(&right[..n]) {
         if std::mem::discriminant(l) == std::mem::discriminant(r)
             || (matches!(l, Value::Int(_) | Value::BigInt(_)) && matches!(r, Value::Int(_) | Value::BigInt(_)))
         {

@@ -28,9 +28,11 @@ pub const MAX_MEMO: usize = 8_000_000;
 const INITIAL_STACK: usize = 32;
 /// Open marks reserved up front (one per nesting level being built).
 const INITIAL_MARKS: usize = 16;
-/// Memo slots reserved per input byte (protocol 4 memoizes nearly every
-/// str and container: about one per 16 bytes of Blender data), up to a cap
-/// so that a large node does not reserve megabytes it may not use.
+/// Input bytes per memo slot reserved up front. Protocol 4 memoizes every
+/// str and container: a small delta (a path and a float) holds one per
+/// 20-odd bytes, Blender data with float lists one per 70 on average, so
+/// this errs towards reserving too much, up to a cap so that a large node
+/// does not reserve megabytes it may not use.
 const MEMO_BYTES_PER_SLOT: usize = 16;
 const INITIAL_MEMO_CAP: usize = 1024;
 
@@ -421,8 +423,9 @@ impl<'a> Machine<'a> {
                             (b's' | b'u', Value::Dict(dict)) if items.len().is_multiple_of(2) => {
                                 dict.reserve(items.len() / 2);
                                 for pair in items.chunks_exact_mut(2) {
-                                    let (k, rest) = pair.split_first_mut()?;
-                                    dict.push((take(&mut k.0), take(&mut rest.first_mut()?.0)));
+                                    if let [(k, _), (v, _)] = pair {
+                                        dict.push((take(k), take(v)));
+                                    }
                                 }
                             }
                             _ => return None,
