@@ -37,6 +37,12 @@ const DRAIN: Duration = Duration::from_secs(2);
 const WRITER_HWM: i32 = 1_000;
 /// Readers give up draining after this long, whatever still trickles in.
 const MAX_DRAIN: Duration = Duration::from_secs(10);
+/// The stall probe's sleep. A thread that does nothing but sleep this long
+/// should wake again within a millisecond or two: any longer gap is time
+/// the whole machine lost (host preemption, the kernel), not the server.
+const PROBE_TICK: Duration = Duration::from_millis(1);
+/// Gaps of the probe above this count as machine stalls.
+const PROBE_STALL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
 enum Scenario {
@@ -525,6 +531,54 @@ fn peak_rss_kb(pid: Option<u32>) -> Option<u64> {
         .ok()
 }
 
+/// What the stall probe saw while the load ran.
+#[derive(Debug, Default, serde::Serialize)]
+struct ProbeStats {
+    /// The longest gap between two wake-ups, beyond the tick.
+    max_ms: f64,
+    /// Gaps longer than PROBE_STALL.
+    stalls: u64,
+    /// Their total length.
+    stalled_ms: f64,
+}
+
+/// A thread that only sleeps and measures how late it wakes: run beside
+/// a latency measurement, it tells machine stalls from server stalls.
+struct StallProbe {
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<ProbeStats>,
+}
+
+impl StallProbe {
+    fn start() -> StallProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut stats = ProbeStats::default();
+            let mut last = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                thread::sleep(PROBE_TICK);
+                let now = Instant::now();
+                let late = now.duration_since(last).saturating_sub(PROBE_TICK);
+                last = now;
+                let ms = late.as_secs_f64() * 1000.0;
+                stats.max_ms = stats.max_ms.max(ms);
+                if late > PROBE_STALL {
+                    stats.stalls += 1;
+                    stats.stalled_ms += ms;
+                }
+            }
+            stats
+        });
+        StallProbe { stop, handle }
+    }
+
+    fn finish(self) -> Option<ProbeStats> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().ok()
+    }
+}
+
 #[derive(Debug, serde::Serialize)]
 struct Report {
     scenario: String,
@@ -541,6 +595,8 @@ struct Report {
     join_s: Option<f64>,
     join_get_p99_us: Option<f64>,
     server_peak_rss_mb: Option<f64>,
+    /// Machine stalls during the measured load (relaying scenarios).
+    probe: Option<ProbeStats>,
     errors: Vec<String>,
 }
 
@@ -596,6 +652,7 @@ fn run(args: &Args) -> Result<Report, String> {
         join_s: None,
         join_get_p99_us: None,
         server_peak_rss_mb: None,
+        probe: None,
         errors: Vec::new(),
     };
     if args.scenario == Scenario::EchoCeiling {
@@ -745,6 +802,7 @@ fn run(args: &Args) -> Result<Report, String> {
         None
     };
     thread::sleep(Duration::from_millis(200));
+    let probe = StallProbe::start();
     let started = Instant::now();
     let duration = Duration::from_secs_f64(args.seconds);
     let interval = match (args.scenario, args.rate) {
@@ -797,6 +855,7 @@ fn run(args: &Args) -> Result<Report, String> {
         thread::sleep(Duration::from_millis(20));
     }
     let all = poller.join().map_err(|_| "the reader thread panicked")?;
+    report.probe = probe.finish();
     if let Some(h) = churn_handle {
         let _ = h.join();
     }
@@ -860,6 +919,15 @@ fn main() {
                     opt(r.join_get_p99_us)
                 );
                 println!("server peak RSS     {} MB", opt(r.server_peak_rss_mb));
+                if let Some(p) = &r.probe {
+                    println!(
+                        "machine stalls      longest {:.1} ms; {} over {} ms, {:.0} ms in all (an idle thread's late wake-ups)",
+                        p.max_ms,
+                        p.stalls,
+                        PROBE_STALL.as_millis(),
+                        p.stalled_ms
+                    );
+                }
                 for e in &r.errors {
                     println!("error               {e}");
                 }
