@@ -1,6 +1,7 @@
 //! Persistence: snapshots, the journal, backups, restore, the Python
 //! server's leftovers and the replication library's session dumps.
 
+pub mod direct;
 pub mod dump;
 pub mod journal;
 pub mod legacy;

@@ -3,23 +3,24 @@
 //! Layout: `MAGIC` (8 bytes), format version (u32 LE), payload length
 //! (u64 LE), CRC-32 of the payload (u32 LE), then the payload: the
 //! `SessionImage` as MessagePack. The payload is streamed to a temporary
-//! file in the same folder, which is fsynced, renamed over the snapshot,
-//! and the folder fsynced, so a crash leaves either the old or the new
-//! snapshot, never a mix.
+//! file in the same folder (around the page cache, see `direct`), which is
+//! fsynced, renamed over the snapshot, and the folder fsynced, so a crash
+//! leaves either the old or the new snapshot, never a mix.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::direct::{Mode, TeeWriter};
 use super::{StoreError, io_err, parent_dir};
 
 pub const MAGIC: &[u8; 8] = b"RPLSNAP\x01";
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: u64 = 8 + 4 + 8 + 4;
-/// Buffer of the snapshot writer and reader; large sessions are streamed.
+/// Buffer of the snapshot reader; large sessions are streamed.
 const IO_BUFFER: usize = 1 << 20;
 
 /// One node as stored: its wire fields, data as the pickle clients load.
@@ -92,34 +93,66 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Writes `image` to `path` atomically; returns the file size.
 pub fn write_atomic<T: Serialize>(path: &Path, image: &T) -> Result<u64, StoreError> {
-    let dir = parent_dir(path);
-    let tmp = dir.join(format!(
+    write_atomic_with_backup(path, image, None, Mode::Direct).map(|(size, _)| size)
+}
+
+/// The temporary name a file is written under before its rename: hidden,
+/// so listings of backups skip it.
+fn temporary(path: &Path) -> PathBuf {
+    parent_dir(path).join(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("snapshot"),
         std::process::id()
-    ));
-    let result = write_to(&tmp, image);
-    match result {
-        Ok(size) => {
-            fs::rename(&tmp, path).map_err(io_err(path, "rename the new snapshot into place"))?;
-            sync_dir(dir)?;
-            Ok(size)
-        }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    ))
 }
 
-fn write_to<T: Serialize>(tmp: &Path, image: &T) -> Result<u64, StoreError> {
-    let file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(tmp)
-        .map_err(io_err(tmp, "create the temporary snapshot"))?;
-    let mut out = BufWriter::with_capacity(IO_BUFFER, file);
+/// Writes `image` to `path` atomically and, in the same pass, to `backup`
+/// (also atomically): the backup costs a second write of each chunk, not
+/// a copy through the page cache. Returns the file size and, apart, why
+/// the backup failed: the snapshot is in place all the same.
+pub fn write_atomic_with_backup<T: Serialize>(
+    path: &Path,
+    image: &T,
+    backup: Option<&Path>,
+    mode: Mode,
+) -> Result<(u64, Option<StoreError>), StoreError> {
+    let tmp = temporary(path);
+    let backup_tmp = backup.map(temporary);
+    let (size, backup_failed) = match write_to(&tmp, backup_tmp.as_deref(), image, mode) {
+        Ok(done) => done,
+        Err(e) => {
+            for t in std::iter::once(&tmp).chain(backup_tmp.as_ref()) {
+                let _ = fs::remove_file(t);
+            }
+            return Err(e);
+        }
+    };
+    fs::rename(&tmp, path).map_err(io_err(path, "rename the new snapshot into place"))?;
+    sync_dir(parent_dir(path))?;
+    if let (Some(backup), Some(backup_tmp)) = (backup, backup_tmp) {
+        let kept = match backup_failed {
+            Some((_, source)) => Err(StoreError::Io {
+                what: "keep a backup at",
+                path: backup.to_path_buf(),
+                source,
+            }),
+            None => fs::rename(&backup_tmp, backup)
+                .map_err(io_err(backup, "keep a backup at"))
+                .and_then(|_| sync_dir(parent_dir(backup))),
+        };
+        if let Err(e) = kept {
+            let _ = fs::remove_file(&backup_tmp);
+            return Ok((size, Some(e)));
+        }
+    }
+    Ok((size, None))
+}
+
+type Written = (u64, Option<(PathBuf, io::Error)>);
+
+fn write_to<T: Serialize>(tmp: &Path, backup: Option<&Path>, image: &T, mode: Mode) -> Result<Written, StoreError> {
+    let mut out = TeeWriter::create(tmp, backup, mode).map_err(io_err(tmp, "create the temporary snapshot"))?;
+    // The header's place, filled in once the payload's length and checksum are known.
     out.write_all(&[0u8; HEADER_LEN as usize])
         .map_err(io_err(tmp, "write the snapshot"))?;
     let mut crc = Crc {
@@ -139,24 +172,17 @@ fn write_to<T: Serialize>(tmp: &Path, image: &T) -> Result<u64, StoreError> {
         other => StoreError::Encode(other.to_string()),
     })?;
     let (len, checksum) = (crc.len, crc.hasher.finalize());
-    let mut out = crc.inner;
     let mut header = Vec::with_capacity(HEADER_LEN as usize);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&len.to_le_bytes());
     header.extend_from_slice(&checksum.to_le_bytes());
-    out.flush().map_err(io_err(tmp, "write the snapshot"))?;
-    let mut file = out.into_inner().map_err(|e| StoreError::Io {
-        what: "write the snapshot",
-        path: tmp.to_path_buf(),
-        source: e.into_error(),
-    })?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(io_err(tmp, "write the snapshot header"))?;
-    file.write_all(&header)
-        .map_err(io_err(tmp, "write the snapshot header"))?;
-    file.sync_all().map_err(io_err(tmp, "fsync the snapshot"))?;
-    Ok(HEADER_LEN + len)
+    let (size, backup_failed) = crc
+        .inner
+        .finish(&header)
+        .map_err(io_err(tmp, "write and fsync the snapshot"))?;
+    debug_assert_eq!(size, HEADER_LEN + len);
+    Ok((size, backup_failed))
 }
 
 /// Reads and verifies a snapshot.
@@ -288,6 +314,43 @@ mod tests {
         let p = d.join("session_snapshot.msgpack");
         let size = write_atomic(&p, &image()).unwrap();
         assert_eq!(size, fs::metadata(&p).unwrap().len());
+        assert_eq!(read(&p).unwrap(), image());
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn the_backup_is_written_in_the_same_pass_and_matches() {
+        let d = tmpdir("tee");
+        fs::create_dir_all(d.join("backups")).unwrap();
+        let (p, b) = (
+            d.join("session_snapshot.msgpack"),
+            d.join("backups").join(backup_name(1.0)),
+        );
+        let (size, failed) = write_atomic_with_backup(&p, &image(), Some(&b), Mode::Direct).unwrap();
+        assert!(failed.is_none());
+        assert_eq!(size, fs::metadata(&b).unwrap().len());
+        assert!(fs::read(&p).unwrap() == fs::read(&b).unwrap());
+        assert_eq!(read(&b).unwrap(), image());
+        // The page cache path writes the same bytes.
+        let q = d.join("buffered.msgpack");
+        write_atomic_with_backup(&q, &image(), None, Mode::Buffered).unwrap();
+        assert!(fs::read(&p).unwrap() == fs::read(&q).unwrap());
+        assert_eq!(list_backups(&d.join("backups")).unwrap(), vec![b]);
+        assert_eq!(
+            fs::read_dir(d.join("backups")).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+    }
+
+    #[test]
+    fn a_failed_backup_is_reported_with_the_snapshot_in_place() {
+        let d = tmpdir("tee-fail");
+        let p = d.join("session_snapshot.msgpack");
+        let b = d.join("no-such-folder").join(backup_name(1.0));
+        let (_, failed) = write_atomic_with_backup(&p, &image(), Some(&b), Mode::Direct).unwrap();
+        let err = failed.expect("the backup's failure is reported");
+        assert!(err.to_string().contains("keep a backup at"), "{err}");
         assert_eq!(read(&p).unwrap(), image());
         assert_eq!(fs::read_dir(&d).unwrap().count(), 1, "no temporary file left");
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_bytes::ByteBuf;
 
+use super::direct::Mode;
 use super::snapshot::{self, NodeImage, RetainedImage, SessionImage};
 use super::{DataDir, METADATA_FORMAT_VERSION, SessionMetadata, StoreError, journal, metadata_json};
 use crate::pickle::{self, Value};
@@ -148,7 +149,11 @@ fn save(dir: &DataDir, max_backups: usize, job: SaveJob) -> Result<Saved, StoreE
     let nodes = image.nodes.len();
     let initialized = image.initialized;
     let users = view.users.clone();
-    let bytes = snapshot::write_atomic(&dir.snapshot(), &image)?;
+    // A copy, not a link: a backup must survive damage to the snapshot.
+    // It is written in the same pass as the snapshot.
+    let backup = dir.backups().join(snapshot::backup_name(at));
+    let keep = (max_backups > 0).then_some(backup.as_path());
+    let (bytes, backup_failed) = snapshot::write_atomic_with_backup(&dir.snapshot(), &image, keep, Mode::Direct)?;
     drop(image);
     // The snapshot holds every change of the closed journal now.
     let prev = dir.prev_journal();
@@ -161,14 +166,9 @@ fn save(dir: &DataDir, max_backups: usize, job: SaveJob) -> Result<Saved, StoreE
             source,
         })?;
     }
-    let backup = dir.backups().join(snapshot::backup_name(at));
-    let _ = std::fs::remove_file(&backup);
-    // A copy, not a link: a backup must survive damage to the snapshot.
-    std::fs::copy(dir.snapshot(), &backup).map_err(|source| StoreError::Io {
-        what: "keep a backup at",
-        path: backup.clone(),
-        source,
-    })?;
+    if let Some(e) = backup_failed {
+        return Err(e);
+    }
     snapshot::prune_backups(&dir.backups(), max_backups)?;
     let meta = SessionMetadata {
         timestamp: at,
