@@ -12,8 +12,8 @@
 //! The writer fills one aligned chunk and writes it to every target at the
 //! same offset (the snapshot and its backup), so a backup costs a second
 //! write of the same buffer instead of a copy through the cache. Where the
-//! filesystem refuses O_DIRECT (tmpfs, some network filesystems), the same
-//! chunks go through the page cache.
+//! filesystem refuses O_DIRECT (tmpfs on older kernels, some network
+//! filesystems), the same chunks go through the page cache.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -79,8 +79,9 @@ impl Target {
         })
     }
 
-    /// Writes `data` at `offset`; a direct target gets it padded to ALIGN
-    /// (the caller truncates the padding away at the end).
+    /// Writes the first `len` bytes of `padded` at `offset`; a direct
+    /// target gets all of `padded`, a multiple of ALIGN (the padding is
+    /// cut at the end).
     fn write_at(&mut self, padded: &[u8], len: usize, offset: u64) -> io::Result<()> {
         if self.direct {
             match self.file.write_all_at(padded, offset) {
