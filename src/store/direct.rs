@@ -327,6 +327,25 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_direct_write_goes_through_the_page_cache() {
+        let d = tmpdir("refused");
+        let path = d.join("f");
+        let mut t = Target::create(&path, Mode::Direct).unwrap();
+        // An odd length at an odd offset: filesystems with real direct I/O
+        // refuse it (EINVAL), which is what a filesystem refusing every
+        // direct write looks like to the writer.
+        let data = pattern(ALIGN + 3);
+        t.write_at(&data, data.len(), 5).unwrap();
+        let mut expected = vec![0u8; 5];
+        expected.extend_from_slice(&data);
+        assert!(std::fs::read(&path).unwrap() == expected);
+        // Later writes keep working in whichever mode it ended in.
+        t.write_at(&data[..7], 7, 0).unwrap();
+        expected[..7].copy_from_slice(&data[..7]);
+        assert!(std::fs::read(&path).unwrap() == expected);
+    }
+
+    #[test]
     fn a_header_longer_than_the_file_is_refused() {
         let d = tmpdir("short");
         let mut out = TeeWriter::create(&d.join("f"), None, Mode::Direct).unwrap();
