@@ -113,22 +113,22 @@ fn note_buffered(path: &Path) {
 struct AlignedBuf {
     raw: Vec<u8>,
     start: usize,
+    len: usize,
 }
 
 impl AlignedBuf {
     fn new(len: usize) -> AlignedBuf {
         let raw = vec![0u8; len + ALIGN];
         let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
-        AlignedBuf { raw, start }
+        AlignedBuf { raw, start, len }
     }
 
     fn get(&self) -> &[u8] {
-        &self.raw[self.start..self.raw.len() - ALIGN + self.start]
+        &self.raw[self.start..self.start + self.len]
     }
 
     fn get_mut(&mut self) -> &mut [u8] {
-        let end = self.raw.len() - ALIGN + self.start;
-        &mut self.raw[self.start..end]
+        &mut self.raw[self.start..self.start + self.len]
     }
 }
 
